@@ -1,0 +1,258 @@
+"""Typed configuration: validated once at the edge, typed objects below.
+
+Every pluggable choice is a discriminated union keyed by ``kind``; every model forbids unknown
+keys so that a misspelt option is an error, not a silently ignored default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+
+
+class Strict(BaseModel):
+    """Base for all config sections: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+class PadToMax(Strict):
+    """Pad every structure to the largest atom and pair count of the dataset: one compiled shape."""
+
+    kind: Literal["max"] = "max"
+
+
+class PadBinned(Strict):
+    """Pad each batch up to the next multiple of the bin sizes: a few shapes for mixed sizes."""
+
+    kind: Literal["binned"] = "binned"
+    atom_bin: PositiveInt = 10
+    """Atom counts are rounded up to a multiple of this."""
+    pair_bin: PositiveInt = 2000
+    """Neighbour-pair counts are rounded up to a multiple of this."""
+
+
+Padding = Annotated[PadToMax | PadBinned, Field(discriminator="kind")]
+Label = Literal["energy", "forces", "stress"]
+
+
+class DataConfig(Strict):
+    """Where the structures come from and how they are batched.
+
+    The neighbour-list cutoff is the model's ``r_max``: one number, one place.
+    """
+
+    train_file: Path
+    """Training structures: any ASE-readable file, or H5MD (.h5, .h5md, .hdf5)."""
+    val_file: Path | None = None
+    """Validation structures; if absent, ``val_fraction`` of the training file is held out."""
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    """Fraction of ``train_file`` held out for validation when ``val_file`` is not given."""
+    batch_size: PositiveInt = 8
+    val_batch_size: PositiveInt = 16
+    padding: Padding = PadToMax()
+    labels: list[Label] = ["energy", "forces"]
+    """Labels every training and validation structure must carry."""
+    shuffle_seed: int = 0
+    prefetch: int = Field(2, ge=0)
+    """Batches prepared ahead in a background thread (0: prepare in the training thread)."""
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+class ZBLConfig(Strict):
+    """Ziegler-Biersack-Littmark screened nuclear repulsion, switched off smoothly at ``r_max``."""
+
+    r_max: float = Field(1.5, gt=0.0)
+
+
+class GMNNConfig(Strict):
+    """Gaussian-moment neural network (paper eq. 1-4)."""
+
+    kind: Literal["gmnn"] = "gmnn"
+    r_max: float = Field(5.0, gt=0.0)
+    """Cutoff radius in Angstrom (also the neighbour-list cutoff)."""
+    r_min: float = Field(0.5, ge=0.0)
+    """Centre of the first Gaussian (Gaussian basis only)."""
+    basis: Literal["gaussian", "bessel"] = "gaussian"
+    n_basis: PositiveInt = 7
+    """Number of radial basis functions."""
+    n_radial: PositiveInt = 5
+    """Number of learned radial channels (element-pair contractions of the basis)."""
+    n_contr: int = Field(8, ge=1, le=8)
+    """How many of the eight Gaussian-moment contraction groups enter the descriptor."""
+    hidden: list[PositiveInt] = [128, 128]
+    """Hidden layer widths of the readout MLP."""
+    activation: Literal["swish", "tanh", "gelu", "softplus"] = "swish"
+    zbl: ZBLConfig | None = None
+    """Optional ZBL repulsion added to the learned energy."""
+    elements: list[str] | None = None
+    """Chemical symbols the model knows; default: the elements of the training data."""
+    precision: Literal["fp32", "fp64"] = "fp32"
+    """Dtype of descriptor and readout; scale/shift and energy sums are always fp64."""
+
+    @model_validator(mode="after")
+    def _radii(self) -> GMNNConfig:
+        if self.r_min >= self.r_max:
+            raise ValueError(f"r_min ({self.r_min}) must be smaller than r_max ({self.r_max})")
+        return self
+
+
+ModelConfig = GMNNConfig
+
+
+# ---------------------------------------------------------------------------------------- train
+
+Group = Literal["radial", "nn", "scale", "shift"]
+"""Parameter groups: radial coefficients, readout network, per-element scale, per-element shift."""
+
+
+class LossTerm(Strict):
+    """One weighted term of the training objective."""
+
+    quantity: Label
+    kind: Literal["mse", "huber"] = "mse"
+    weight: float = Field(1.0, ge=0.0)
+    atoms_exponent: float = Field(0.0, ge=0.0)
+    """The error of a structure is divided by n_atoms**atoms_exponent (1 for energy: per atom)."""
+    huber_delta: float = Field(0.01, gt=0.0)
+    """Transition between quadratic and linear (huber only), in the unit of the error."""
+
+
+def default_loss() -> list[LossTerm]:
+    return [
+        LossTerm(quantity="energy", weight=1.0, atoms_exponent=1.0),
+        LossTerm(quantity="forces", weight=1.0),
+    ]
+
+
+class LearningRates(Strict):
+    """Peak learning rate of each parameter group; 0 freezes a group exactly."""
+
+    radial: float = Field(0.01, ge=0.0)
+    nn: float = Field(0.003, ge=0.0)
+    scale: float = Field(0.001, ge=0.0)
+    shift: float = Field(0.003, ge=0.0)
+
+
+class ConstantSchedule(Strict):
+    kind: Literal["constant"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+
+
+class LinearSchedule(Strict):
+    """Linear decay from the peak to ``end_factor`` times the peak over the run."""
+
+    kind: Literal["linear"] = "linear"
+    end_factor: float = Field(0.01, ge=0.0, le=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+
+
+class CyclicCosineSchedule(Strict):
+    """Cosine cycles of ``period_epochs``; each cycle's peak is ``decay_factor`` times the last."""
+
+    kind: Literal["cyclic_cosine"] = "cyclic_cosine"
+    period_epochs: float = Field(20.0, gt=0.0)
+    decay_factor: float = Field(0.9, gt=0.0, le=1.0)
+    warmup_epochs: float = Field(0.0, ge=0.0)
+
+
+Schedule = Annotated[
+    ConstantSchedule | LinearSchedule | CyclicCosineSchedule, Field(discriminator="kind")
+]
+
+
+class OptimizerConfig(Strict):
+    name: Literal["adam", "adamw", "sgd", "ademamix"] = "adam"
+    kwargs: dict[str, float | int | bool] = {}
+    """Extra keyword arguments of the optax optimiser (e.g. b1, b2, weight_decay)."""
+    learning_rates: LearningRates = LearningRates()
+    schedule: Schedule = LinearSchedule()
+    grad_clip: float | None = Field(100.0, gt=0.0)
+    """Clip the global gradient norm to this value (None: no clipping)."""
+
+    @model_validator(mode="after")
+    def _kwargs_known(self) -> OptimizerConfig:
+        from apax_core.train.optim import optimizer_kwargs
+
+        allowed = optimizer_kwargs(self.name)
+        unknown = sorted(set(self.kwargs) - allowed)
+        if unknown:
+            raise ValueError(
+                f"unknown kwargs {unknown} for optimizer {self.name!r}; allowed: {sorted(allowed)}"
+            )
+        return self
+
+
+class EMAConfig(Strict):
+    """Exponential moving average of the weights: validated, and saved as the model."""
+
+    decay: float = Field(0.99, gt=0.0, lt=1.0)
+    start_epoch: int = Field(0, ge=0)
+
+
+class WarmStart(Strict):
+    """Start from a trained model directory (continuous learning, transfer learning)."""
+
+    model: Path
+    """The base model directory."""
+    reset: list[Literal["radial", "nn", "scale_shift"]] = []
+    """Groups re-initialised instead of loaded; scale_shift comes from the new data's statistics."""
+    freeze: list[Group] = []
+    """Groups kept bit-identical to the base model."""
+
+
+class TrainConfig(Strict):
+    """A training run: data, model, objective, optimiser; written into the model directory."""
+
+    directory: Path
+    """The model directory this run writes (and resumes from)."""
+    n_epochs: PositiveInt
+    seed: int = 0
+    data: DataConfig
+    model: ModelConfig = GMNNConfig()
+    loss: list[LossTerm] = Field(default_factory=default_loss, min_length=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    ema: EMAConfig | None = EMAConfig()
+    patience: PositiveInt | None = None
+    """Stop after this many epochs without a better validation loss (None: never)."""
+    warm_start: WarmStart | None = None
+    progress_bar: bool = True
+
+
+# ------------------------------------------------------------------------------- load and errors
+
+
+class ConfigError(ValueError):
+    """A configuration file that does not validate; the message lists every error by field path."""
+
+
+def format_errors(err: ValidationError, source: str) -> str:
+    """One line per error: dotted field path, message, offending input."""
+    lines = [f"{err.error_count()} validation error(s) in {source}:"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        shown = "" if e["type"] == "missing" else f" (got {e['input']!r})"
+        lines.append(f"  {path}: {e['msg']}{shown}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, cls: type[Strict] = TrainConfig) -> Strict:
+    """Read a YAML file into ``cls``; raise ConfigError naming every bad field at once."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(format_errors(err, str(path))) from None

@@ -1,0 +1,47 @@
+"""The padded batch: the one array structure that flows from the data pipeline into models.
+
+Shapes are fixed per batch (B structures, N atom slots, P pair slots) and masks say what is real.
+Padded atoms have ``Z == 0`` and ``atom_mask == False``; padded pairs have ``pair_mask == False``,
+``idx_i == idx_j == 0`` and a zero offset. A real pair may have ``idx_i == idx_j`` (an atom and its
+own periodic image in a small cell), so masks, never index equality, decide what is padding.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+
+class Batch(NamedTuple):
+    """Stacked, padded structures: numpy arrays on the host, jax arrays inside jitted code."""
+
+    Z: np.ndarray
+    """(B, N) int32 atomic numbers, 0 for padding."""
+    positions: np.ndarray
+    """(B, N, 3) float64 Cartesian positions in Angstrom."""
+    cell: np.ndarray
+    """(B, 3, 3) float64 cell vectors as rows (ASE convention); zeros when not periodic."""
+    idx_i: np.ndarray
+    """(B, P) int32 centre atom of each pair."""
+    idx_j: np.ndarray
+    """(B, P) int32 neighbour atom of each pair."""
+    offsets: np.ndarray
+    """(B, P, 3) float64 Cartesian image shift: r_ij = positions[j] - positions[i] + offsets."""
+    atom_mask: np.ndarray
+    """(B, N) bool, True for real atoms."""
+    pair_mask: np.ndarray
+    """(B, P) bool, True for real pairs."""
+    n_atoms: np.ndarray
+    """(B,) int32 real atom count per structure (0 for a padding structure)."""
+    energy: np.ndarray
+    """(B,) float64 reference energy in eV (0 where absent)."""
+    forces: np.ndarray
+    """(B, N, 3) float64 reference forces in eV/A (0 where absent or padded)."""
+    stress: np.ndarray
+    """(B, 3, 3) float64 reference stress in eV/A^3, ASE sign convention (0 where absent)."""
+
+    @property
+    def structure_mask(self) -> np.ndarray:
+        """(B,) bool, True for real structures (a last, short batch is padded with empty ones)."""
+        return self.n_atoms > 0

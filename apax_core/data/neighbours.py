@@ -1,0 +1,50 @@
+"""Full neighbour lists with explicit periodic image shifts, computed on the host with vesin."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import vesin
+
+from apax_core.data.structure import Structure
+
+
+class NeighbourList(NamedTuple):
+    """All ordered pairs (i, j, image) with |r_ij| <= cutoff; r_ij = R[j] - R[i] + offsets."""
+
+    idx_i: np.ndarray
+    """(P,) int32 centre atom."""
+    idx_j: np.ndarray
+    """(P,) int32 neighbour atom."""
+    offsets: np.ndarray
+    """(P, 3) float64 Cartesian image shift (integer shift times cell)."""
+
+    @property
+    def n_pairs(self) -> int:
+        return len(self.idx_i)
+
+
+def neighbour_list(structure: Structure, cutoff: float) -> NeighbourList:
+    """Full (both directions) neighbour list of ``structure`` within ``cutoff``.
+
+    Works for cells smaller than twice the cutoff (an atom then pairs with its own images:
+    ``i == j`` with a nonzero shift is a real pair), per-axis periodicity, and non-periodic
+    structures (zero box). Pairs are sorted by (i, j, shift) so the result is deterministic.
+    """
+    if not cutoff > 0:
+        raise ValueError(f"cutoff must be positive, got {cutoff}")
+    pbc = structure.pbc
+    box = structure.cell if pbc.any() else np.zeros((3, 3))
+    calc = vesin.NeighborList(cutoff=float(cutoff), full_list=True)
+    i, j, shifts = calc.compute(
+        points=structure.positions, box=box, periodic=pbc.tolist(), quantities="ijS"
+    )
+    shifts = np.asarray(shifts, dtype=np.int64).reshape(-1, 3)
+    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
+    shifts = shifts[order]
+    return NeighbourList(
+        idx_i=np.asarray(i, dtype=np.int32)[order],
+        idx_j=np.asarray(j, dtype=np.int32)[order],
+        offsets=shifts.astype(np.float64) @ structure.cell,
+    )

@@ -1,0 +1,47 @@
+"""Error metrics of a model on labelled structures (meV/atom, meV/A, meV/A^3)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from apax_core.data import Structure
+from apax_core.model_dir import Model
+from apax_core.predict import predict
+
+
+def error_metrics(preds: list[dict], structures: Sequence[Structure]) -> dict[str, float]:
+    """MAE and RMSE of every label present in the reference structures."""
+    out: dict[str, float] = {"n_structures": len(structures)}
+    pairs = {
+        "energy": [
+            ((p["energy"] - s.energy) / s.n_atoms,)
+            for p, s in zip(preds, structures, strict=True)
+            if s.energy is not None
+        ],
+        "forces": [
+            (p["forces"] - s.forces).ravel()
+            for p, s in zip(preds, structures, strict=True)
+            if s.forces is not None
+        ],
+        "stress": [
+            (p["stress"] - s.stress).ravel()
+            for p, s in zip(preds, structures, strict=True)
+            if s.stress is not None and "stress" in p
+        ],
+    }
+    for key, errs in pairs.items():
+        if errs:
+            err = np.concatenate([np.atleast_1d(e) for e in errs])
+            out[f"{key}_mae"] = 1000.0 * float(np.mean(np.abs(err)))
+            out[f"{key}_rmse"] = 1000.0 * float(np.sqrt(np.mean(err**2)))
+    return out
+
+
+def evaluate(
+    model: Model, structures: Sequence[Structure], *, batch_size: int = 16, progress: bool = False
+) -> dict[str, float]:
+    stress = any(s.stress is not None for s in structures)
+    preds = predict(model, structures, batch_size=batch_size, stress=stress, progress=progress)
+    return error_metrics(preds, structures)

@@ -1,0 +1,39 @@
+"""Radial basis functions and the smooth cutoff, as pure functions of the pair distance."""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+
+def cosine_cutoff(r, r_max):
+    """0.5 (cos(pi r / r_max) + 1) inside r_max, 0 outside: continuous with a continuous slope."""
+    return jnp.where(r < r_max, 0.5 * (jnp.cos(jnp.pi * r / r_max) + 1.0), 0.0)
+
+
+def gaussian_basis(r, n_basis: int, r_min: float, r_max: float):
+    """Normalised Gaussians with equally spaced centres in [r_min, r_max): (..., n_basis)."""
+    centres = r_min + (r_max - r_min) * jnp.arange(n_basis, dtype=r.dtype) / n_basis
+    beta = (n_basis / r_max) ** 2
+    norm = (2.0 * beta / jnp.pi) ** 0.25
+    return norm * jnp.exp(-beta * (r[..., None] - centres) ** 2)
+
+
+def bessel_basis(r, n_basis: int, r_max: float):
+    """Kocer et al.'s orthogonal combination of spherical Bessel functions: (..., n_basis).
+
+    g_n(r) = (-1)^n sqrt(2) pi / r_max^1.5 * (n+1)(n+2) / sqrt((n+1)^2 + (n+2)^2)
+             * [sinc((n+1) r / r_max) + sinc((n+2) r / r_max)],  sinc(x) = sin(pi x) / (pi x).
+    Each function and its slope vanish at r_max.
+    """
+    n = jnp.arange(n_basis, dtype=r.dtype)
+    prefactor = (
+        (-1.0) ** n
+        * jnp.sqrt(2.0)
+        * jnp.pi
+        / r_max**1.5
+        * (n + 1)
+        * (n + 2)
+        / jnp.sqrt((n + 1) ** 2 + (n + 2) ** 2)
+    )
+    x = r[..., None] / r_max
+    return prefactor * (jnp.sinc((n + 1) * x) + jnp.sinc((n + 2) * x))

@@ -1,0 +1,97 @@
+"""The energy model (paper eq. 1, 4): representation, readout, scale/shift -> atomic energies.
+
+The module maps pair vectors to per-atom energies; everything else (sums, forces, stress,
+ensemble statistics) is a function transformation in :mod:`apax_core.transforms`.
+Parameter tree: ``representation`` (radial coefficients), ``readout`` (MLP), ``scale_shift``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import flax.linen as nn
+import jax.numpy as jnp
+import numpy as np
+from ase.data import chemical_symbols
+
+from apax_core.config import GMNNConfig
+from apax_core.model.gmnn import GaussianMoments
+from apax_core.model.readout import Readout
+from apax_core.model.zbl import zbl_pair_energy
+from apax_core.precision import network_dtype
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """Data-derived constants of a model, computed once from the training set and stored with it."""
+
+    elements: tuple[int, ...]
+    """Atomic numbers the model knows, ascending; species index = position in this tuple."""
+    shift: tuple[float, ...]
+    """Initial per-element energy shift (eV/atom), from a least-squares fit."""
+    scale: tuple[float, ...]
+    """Initial per-element energy scale (eV), the RMS force."""
+    moment_scale: float = 1.0
+    """Typical neighbour count within r_max; divides the Gaussian moments."""
+
+    @property
+    def symbols(self) -> list[str]:
+        return [chemical_symbols[z] for z in self.elements]
+
+    def species_table(self) -> np.ndarray:
+        """Lookup Z -> species index (padding and unknown Z map to 0; unknown Z are rejected
+        on the host before any evaluation)."""
+        table = np.zeros(119, dtype=np.int32)
+        table[list(self.elements)] = np.arange(len(self.elements), dtype=np.int32)
+        return table
+
+
+def _constant(values):
+    def init(key, shape, dtype):
+        return jnp.asarray(values, dtype=dtype).reshape(shape)
+
+    return init
+
+
+class EnergyModel(nn.Module):
+    """(dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask) -> atomic energies (N, n_outputs), fp64."""
+
+    config: GMNNConfig
+    stats: ModelStatistics
+    n_outputs: int = 1
+
+    @nn.compact
+    def __call__(self, dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask):
+        cfg, stats = self.config, self.stats
+        dtype = network_dtype(cfg.precision)
+        n_species = len(stats.elements)
+        species = jnp.asarray(stats.species_table())[Z]
+
+        features = GaussianMoments(
+            cfg, n_species, stats.moment_scale, dtype, name="representation"
+        )(dr_vec, species, idx_i, idx_j, pair_mask, Z.shape[0])
+        out = Readout(cfg.hidden, cfg.activation, self.n_outputs, dtype, name="readout")(features)
+
+        scale_shift = ScaleShift(stats.scale, stats.shift, name="scale_shift")
+        energies = scale_shift(out.astype(jnp.float64), species)
+
+        if cfg.zbl is not None:
+            r = jnp.linalg.norm(jnp.where(pair_mask[:, None], dr_vec, 1.0), axis=-1)
+            z = Z.astype(jnp.float64)
+            pair = zbl_pair_energy(r, z[idx_i], z[idx_j], cfg.zbl.r_max) * pair_mask
+            energies = energies + 0.5 * jnp.zeros(Z.shape[0]).at[idx_i].add(pair)[:, None]
+        return energies * atom_mask[:, None]
+
+
+class ScaleShift(nn.Module):
+    """E_i = scale[Z_i] * NN_i + shift[Z_i] (eq. 4), parameters in fp64."""
+
+    scale: tuple[float, ...]
+    shift: tuple[float, ...]
+
+    @nn.compact
+    def __call__(self, x, species):
+        n = len(self.scale)
+        scale = self.param("scale", _constant(self.scale), (n,), jnp.float64)
+        shift = self.param("shift", _constant(self.shift), (n,), jnp.float64)
+        return scale[species][:, None] * x + shift[species][:, None]

@@ -1,0 +1,76 @@
+"""The model directory: the one artefact that travels between training, MD, selection and nodes.
+
+    config.yaml       the validated training config
+    statistics.json   elements and data statistics the model was built with
+    params.msgpack    the parameters consumers use (best validation epoch; EMA weights if enabled)
+
+Paths inside are never absolute, so a moved or copied directory still loads.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+import jax
+import yaml
+from flax import serialization
+
+from apax_core.config import ModelConfig, TrainConfig
+from apax_core.files import atomic_write
+from apax_core.model import EnergyModel, ModelStatistics, build_model, init_params
+from apax_core.precision import x64
+
+CONFIG, STATS, PARAMS = "config.yaml", "statistics.json", "params.msgpack"
+
+
+@dataclass(frozen=True)
+class Model:
+    """A model: its config, statistics, parameters, and the flax module they belong to."""
+
+    config: ModelConfig
+    stats: ModelStatistics
+    params: dict
+
+    @cached_property
+    def module(self) -> EnergyModel:
+        return build_model(self.config, self.stats)
+
+    def apply(self, params, *args):
+        """Atomic energies (N, M) from (dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask)."""
+        return self.module.apply({"params": params}, *args)
+
+
+def save_stats(directory: Path, stats: ModelStatistics) -> None:
+    atomic_write(directory / STATS, json.dumps(asdict(stats), indent=2))
+
+
+def save_config(directory: Path, config: TrainConfig) -> None:
+    atomic_write(
+        directory / CONFIG, yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    )
+
+
+def save_params(directory: Path, params) -> None:
+    atomic_write(directory / PARAMS, serialization.to_bytes(params))
+
+
+def read_stats(directory: Path) -> ModelStatistics:
+    raw = json.loads((directory / STATS).read_text())
+    return ModelStatistics(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
+
+
+def load_model(path: str | Path) -> Model:
+    """Load a model directory written by training. The only way consumers get a model."""
+    directory = Path(path)
+    missing = [f for f in (CONFIG, STATS, PARAMS) if not (directory / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a model directory: missing {missing}")
+    config = TrainConfig.model_validate(yaml.safe_load((directory / CONFIG).read_text())).model
+    stats = read_stats(directory)
+    with x64():
+        template = init_params(build_model(config, stats), jax.random.PRNGKey(0))
+        params = serialization.from_bytes(template, (directory / PARAMS).read_bytes())
+    return Model(config, stats, params)

@@ -1,0 +1,59 @@
+"""Training state and its checkpoint: everything needed to continue a run exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from flax import serialization, struct
+
+from apax_core.files import atomic_write
+
+LATEST = "latest.msgpack"
+
+
+@struct.dataclass
+class TrainState:
+    """Parameters, optimiser state, EMA weights and the bookkeeping of a run."""
+
+    params: Any
+    opt_state: Any
+    ema: Any
+    epoch: int = struct.field(pytree_node=False, default=0)
+    """Epochs completed."""
+    best_loss: float = struct.field(pytree_node=False, default=float("inf"))
+    best_epoch: int = struct.field(pytree_node=False, default=-1)
+    log: tuple = struct.field(pytree_node=False, default=())
+    """One dict of metrics per completed epoch."""
+
+
+def save_checkpoint(directory: Path, state: TrainState) -> None:
+    payload = {
+        "arrays": serialization.to_state_dict(
+            {"params": state.params, "opt_state": state.opt_state, "ema": state.ema}
+        ),
+        "epoch": state.epoch,
+        "best_loss": state.best_loss,
+        "best_epoch": state.best_epoch,
+        "log": list(state.log),
+    }
+    atomic_write(directory / LATEST, serialization.msgpack_serialize(payload))
+
+
+def load_checkpoint(directory: Path, template: TrainState) -> TrainState | None:
+    """The latest checkpoint restored into ``template``'s structure, or None if there is none."""
+    path = directory / LATEST
+    if not path.is_file():
+        return None
+    payload = serialization.msgpack_restore(path.read_bytes())
+    arrays = serialization.from_state_dict(
+        {"params": template.params, "opt_state": template.opt_state, "ema": template.ema},
+        payload["arrays"],
+    )
+    return template.replace(
+        **arrays,
+        epoch=int(payload["epoch"]),
+        best_loss=float(payload["best_loss"]),
+        best_epoch=int(payload["best_epoch"]),
+        log=tuple(payload["log"]),
+    )

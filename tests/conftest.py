@@ -1,0 +1,55 @@
+"""Shared fixtures: tiny models and small EMT-labelled structures, built once per session."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+from ase.build import bulk
+from ase.calculators.emt import EMT
+
+from apax_core.config import GMNNConfig
+from apax_core.model import ModelStatistics, build_model, init_params
+from apax_core.model_dir import Model
+from apax_core.precision import x64
+
+TINY = dict(r_max=4.0, n_basis=4, n_radial=3, hidden=[16])
+
+
+def make_model(elements=(29, 47), seed=0, **overrides) -> Model:
+    """A randomly initialised tiny GMNN in fp64 (exact derivative tests need fp64)."""
+    config = GMNNConfig(**{**TINY, "precision": "fp64", **overrides})
+    n = len(elements)
+    stats = ModelStatistics(
+        tuple(elements), tuple(-3.0 - 0.1 * i for i in range(n)), tuple([0.7] * n), 1.0
+    )
+    with x64():
+        params = init_params(build_model(config, stats), jax.random.PRNGKey(seed))
+    return Model(config, stats, params)
+
+
+@pytest.fixture(scope="session")
+def cuag_model() -> Model:
+    return make_model()
+
+
+def emt_frames(n: int, seed: int = 0, size=(2, 2, 2), vacancy=True, rattle=0.08):
+    """Rattled, strained fcc Cu supercells with EMT labels (the tests' stand-in for DFT)."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(size)
+        if vacancy:
+            del atoms[0]
+        atoms.set_cell(atoms.cell * (1 + rng.uniform(-0.02, 0.02)), scale_atoms=True)
+        atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.get_potential_energy()
+        atoms.get_forces()
+        atoms.get_stress()
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        results = {k: atoms.calc.results[k] for k in ("energy", "forces", "stress")}
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        frames.append(atoms)
+    return frames

@@ -1,0 +1,152 @@
+"""Physics of the energy model: symmetries, derivatives, padding, periodic images, smoothness."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from conftest import make_model
+from scipy.spatial.transform import Rotation
+
+from apax_core.config import PadToMax
+from apax_core.data import from_atoms
+from apax_core.model import descriptor_size
+from apax_core.predict import predict, predictor
+
+
+def cuag_cell(seed=0, repeat=(2, 1, 1)):
+    atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat(repeat)
+    atoms.numbers[::3] = 47
+    atoms.rattle(0.1, seed=seed)
+    return atoms
+
+
+def cluster(seed=0):
+    rng = np.random.default_rng(seed)
+    atoms = Atoms("Cu5Ag3", positions=rng.uniform(0, 4.0, size=(8, 3)))
+    atoms.positions += rng.normal(scale=0.05, size=(8, 3))
+    return atoms
+
+
+def evaluate(model, atoms_list, fn=None, **kw):
+    return predict(model, [from_atoms(a) for a in atoms_list], fn=fn, **kw)
+
+
+@pytest.fixture(scope="module")
+def fn(cuag_model):
+    return predictor(cuag_model, stress=True)
+
+
+@pytest.mark.parametrize("make", [cuag_cell, cluster])
+def test_rotation_translation_permutation(cuag_model, fn, make):
+    atoms = make()
+    rng = np.random.default_rng(1)
+    rot = Rotation.random(random_state=2).as_matrix()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rot.T + rng.normal(size=3)
+    if atoms.pbc.any():
+        moved.cell = atoms.cell.array @ rot.T
+    perm = rng.permutation(len(atoms))
+    shuffled = atoms[perm]
+    ref, rotated, permuted = evaluate(cuag_model, [atoms, moved, shuffled], fn)
+    assert abs(rotated["energy"] - ref["energy"]) < 1e-9
+    assert np.abs(rotated["forces"] - ref["forces"] @ rot.T).max() < 1e-9
+    assert abs(permuted["energy"] - ref["energy"]) < 1e-9
+    assert np.abs(permuted["forces"] - ref["forces"][perm]).max() < 1e-9
+    # The model is not trivially constant: forces are of order one.
+    assert np.abs(ref["forces"]).max() > 1e-3
+
+
+def finite_difference(model, fn, atoms, h=1e-5):
+    """Central differences of the energy w.r.t. positions and homogeneous strain."""
+
+    def energy(a):
+        return evaluate(model, [a], fn, stress=True)[0]["energy"]
+
+    forces = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for x in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[i, x] += h
+            minus.positions[i, x] -= h
+            forces[i, x] = -(energy(plus) - energy(minus)) / (2 * h)
+    stress = np.zeros((3, 3))
+    if atoms.pbc.all():
+        for a in range(3):
+            for b in range(3):
+                eps = np.zeros((3, 3))
+                eps[a, b] = h
+                strained = []
+                for sign in (1, -1):
+                    s = atoms.copy()
+                    s.set_cell(atoms.cell.array @ (np.eye(3) + sign * eps), scale_atoms=True)
+                    strained.append(energy(s))
+                stress[a, b] = (strained[0] - strained[1]) / (2 * h) / atoms.get_volume()
+    return forces, stress
+
+
+@pytest.mark.parametrize("kind", ["periodic_cuag", "periodic_cu_zbl_bessel", "cluster"])
+def test_forces_and_stress_equal_finite_differences(kind):
+    if kind == "periodic_cu_zbl_bessel":
+        model = make_model(elements=(29,), basis="bessel", n_basis=5, zbl={"r_max": 2.4})
+        atoms = bulk("Cu", "fcc", a=3.0)  # one atom, compressed: ZBL is active
+        atoms = atoms.repeat((2, 1, 1))
+        atoms.rattle(0.15, seed=3)
+    else:
+        model = make_model()
+        atoms = cuag_cell(seed=4, repeat=(1, 1, 1)) if kind == "periodic_cuag" else cluster(5)
+    fn = predictor(model, stress=True)
+    pred = evaluate(model, [atoms], fn)[0]
+    forces, stress = finite_difference(model, fn, atoms)
+    scale = np.abs(forces).max()
+    assert scale > 1e-3
+    assert np.abs(pred["forces"] - forces).max() < 1e-6 * max(scale, 1.0)
+    assert np.abs(pred["stress"] - stress).max() < 1e-6
+    if atoms.pbc.all():
+        assert np.abs(stress).max() > 1e-4
+
+
+def test_padding_does_not_change_predictions(cuag_model, fn):
+    small, large = cuag_cell(seed=6, repeat=(1, 1, 1)), cuag_cell(seed=7, repeat=(2, 2, 1))
+    alone = evaluate(cuag_model, [small], fn, batch_size=1)[0]
+    # Padded to the larger structure's atom and pair counts, plus one empty structure.
+    padded = evaluate(cuag_model, [small, large], fn, batch_size=3, padding=PadToMax())[0]
+    assert abs(padded["energy"] - alone["energy"]) < 1e-10
+    assert np.abs(padded["forces"] - alone["forces"]).max() < 1e-10
+
+
+def test_periodic_images_one_atom_cell_equals_supercell():
+    model = make_model(elements=(29,))
+    prim = bulk("Cu", "fcc", a=3.61)  # one atom; the cutoff is larger than the cell
+    super_cell = prim.repeat((3, 3, 3))
+    one, many = evaluate(model, [prim, super_cell])
+    assert abs(one["energy"] - many["energy"] / 27) < 1e-9
+    # A perfect crystal has no forces, by symmetry.
+    assert np.abs(many["forces"]).max() < 1e-8
+
+
+def test_energy_is_smooth_across_the_cutoff():
+    model = make_model(elements=(29,))
+    r_max = model.config.r_max
+
+    def dimer(r):
+        return Atoms("Cu2", positions=[[0, 0, 0], [r, 0, 0]])
+
+    def single_atoms():
+        return 2 * evaluate(model, [Atoms("Cu", positions=[[0, 0, 0]])])[0]["energy"]
+
+    inside, outside = evaluate(model, [dimer(r_max - 1e-4), dimer(r_max + 1e-4)])
+    assert abs(inside["energy"] - outside["energy"]) < 1e-6
+    assert abs(outside["energy"] - single_atoms()) < 1e-12
+    assert np.abs(inside["forces"]).max() < 1e-4  # the slope vanishes at r_max too
+    near = evaluate(model, [dimer(r_max - 0.5)])[0]
+    assert abs(near["energy"] - single_atoms()) > 1e-6  # and the pair does interact inside
+
+
+@pytest.mark.parametrize(
+    ("n_radial", "n_contr", "size"),
+    [(5, 8, 360), (5, 1, 5), (5, 4, 50), (3, 8, 3 + 6 * 3 + 10 + 18 * 2 + 27)],
+)
+def test_descriptor_size(n_radial, n_contr, size):
+    assert descriptor_size(n_radial, n_contr) == size
