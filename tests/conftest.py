@@ -21,7 +21,7 @@ def make_model(elements=(29, 47), seed=0, **overrides) -> Model:
     config = GMNNConfig(**{**TINY, "precision": "fp64", **overrides})
     n = len(elements)
     stats = ModelStatistics(
-        tuple(elements), tuple(-3.0 - 0.1 * i for i in range(n)), tuple([0.7] * n), 1.0
+        tuple(elements), tuple(-3.0 - 0.1 * i for i in range(n)), tuple([0.7] * n)
     )
     with x64():
         params = init_params(build_model(config, stats), jax.random.PRNGKey(seed))

@@ -31,8 +31,8 @@ class ModelStatistics:
     """Initial per-element energy shift (eV/atom), from a least-squares fit."""
     scale: tuple[float, ...]
     """Initial per-element energy scale (eV), the RMS force."""
-    moment_scale: float = 1.0
-    """Typical neighbour count within r_max; divides the Gaussian moments."""
+    group_scale: tuple[float, ...] | None = None
+    """Fixed factor per descriptor contraction group (1 / RMS at initialisation)."""
 
     @property
     def symbols(self) -> list[str]:
@@ -67,9 +67,9 @@ class EnergyModel(nn.Module):
         n_species = len(stats.elements)
         species = jnp.asarray(stats.species_table())[Z]
 
-        features = GaussianMoments(
-            cfg, n_species, stats.moment_scale, dtype, name="representation"
-        )(dr_vec, species, idx_i, idx_j, pair_mask, Z.shape[0])
+        features = GaussianMoments(cfg, n_species, stats.group_scale, dtype, name="representation")(
+            dr_vec, species, idx_i, idx_j, pair_mask, Z.shape[0]
+        )
         out = Readout(cfg.hidden, cfg.activation, self.n_outputs, dtype, name="readout")(features)
 
         scale_shift = ScaleShift(stats.scale, stats.shift, name="scale_shift")

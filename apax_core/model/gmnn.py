@@ -62,11 +62,16 @@ def contractions(m0, m1, m2, m3, n_contr: int):
     return jnp.concatenate([g() for g in groups[:n_contr]], axis=-1)
 
 
-def descriptor_size(n_radial: int, n_contr: int) -> int:
-    """Length of the descriptor for ``n_radial`` channels and the first ``n_contr`` groups."""
+def group_sizes(n_radial: int, n_contr: int) -> list[int]:
+    """Length of each of the first ``n_contr`` contraction groups."""
     n_p, n_t = n_radial * (n_radial + 1) // 2, len(_triples(n_radial)[0])
     sizes = [n_radial, n_p, n_p, n_p, n_t, n_p * n_radial, n_p * n_radial, n_radial**3]
-    return sum(sizes[:n_contr])
+    return sizes[:n_contr]
+
+
+def descriptor_size(n_radial: int, n_contr: int) -> int:
+    """Length of the descriptor for ``n_radial`` channels and the first ``n_contr`` groups."""
+    return sum(group_sizes(n_radial, n_contr))
 
 
 def _symmetric_uniform(key, shape, dtype):
@@ -77,13 +82,14 @@ def _symmetric_uniform(key, shape, dtype):
 class GaussianMoments(nn.Module):
     """(dr_vec, species, idx_i, idx_j, pair_mask) -> per-atom features (N, n_features).
 
-    ``moment_scale`` divides the moments by a typical neighbour count so that descriptors of
-    dense and sparse environments start at comparable magnitude (a fixed data statistic).
+    ``group_scale`` multiplies each contraction group by a fixed factor (a data statistic, see
+    :func:`apax_core.train.init.feature_scales`): products of two and three moments are orders
+    of magnitude smaller than the moments, and the readout learns faster from O(1) inputs.
     """
 
     config: GMNNConfig
     n_species: int
-    moment_scale: float = 1.0
+    group_scale: tuple[float, ...] | None = None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -102,7 +108,7 @@ class GaussianMoments(nn.Module):
         )
         basis = radial_basis(r, cfg)  # (P, K)
         pair_coeffs = coeffs[species[idx_i], species[idx_j]]  # (P, S, K)
-        weight = cosine_cutoff(r, cfg.r_max) * pair_mask / self.moment_scale
+        weight = cosine_cutoff(r, cfg.r_max) * pair_mask
         radial = jnp.einsum("psk,pk->ps", pair_coeffs, basis) * weight[:, None]  # (P, S)
 
         def to_atoms(x):
@@ -114,4 +120,8 @@ class GaussianMoments(nn.Module):
         m2 = to_atoms(radial[:, :, None, None] * u2[:, None])
         u3 = u2[:, :, :, None] * unit[:, None, None, :]
         m3 = to_atoms(radial[:, :, None, None, None] * u3[:, None])
-        return contractions(m0, m1, m2, m3, cfg.n_contr)
+        features = contractions(m0, m1, m2, m3, cfg.n_contr)
+        if self.group_scale is None:
+            return features
+        sizes = group_sizes(cfg.n_radial, cfg.n_contr)
+        return features * jnp.asarray(np.repeat(self.group_scale, sizes), self.dtype)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,8 +98,11 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     species_index(train, elements, str(cfg.train_file))
     species_index(val, elements, str(cfg.val_file or cfg.train_file))
 
-    if base is None or "scale_shift" in config.warm_start.reset:
+    if base is None:
         stats = data_statistics(train, elements)
+    elif "scale_shift" in config.warm_start.reset:  # new energy reference, same descriptor scales
+        fresh = data_statistics(train, elements)
+        stats = dataclasses.replace(base.stats, shift=fresh.shift, scale=fresh.scale)
     else:
         stats = base.stats
     return TrainingData(train, val, stats, base)

@@ -8,6 +8,7 @@ state, EMA weights, log) and the batch order of epoch k depends only on (seed, k
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -27,6 +28,7 @@ from apax_core.model import build_model, init_params
 from apax_core.model_dir import save_config, save_params, save_stats
 from apax_core.precision import with_x64
 from apax_core.train.data import load_training_data
+from apax_core.train.init import feature_scales
 from apax_core.train.losses import total_loss
 from apax_core.train.metrics import accumulate, error_sums, finalize
 from apax_core.train.optim import make_optimizer, schedule_factor
@@ -98,12 +100,16 @@ def train(config: TrainConfig, *, checkpoint_dir: Path | None = None) -> Path:
     train_ds = Dataset(data.train, config.model.r_max)
     val_ds = Dataset(data.val, config.model.r_max)
 
-    model = build_model(config.model, data.stats)
-    params = init_params(model, jax.random.PRNGKey(config.seed))
+    stats = data.stats
+    params = init_params(build_model(config.model, stats), jax.random.PRNGKey(config.seed))
     frozen: frozenset[str] = frozenset()
     if data.base is not None:
         params = warm_start_params(params, data.base.params, config.warm_start.reset)
         frozen = frozenset(config.warm_start.freeze)
+    if stats.group_scale is None:
+        scales = feature_scales(config.model, stats, params, train_ds)
+        stats = dataclasses.replace(stats, group_scale=scales)
+    model = build_model(config.model, stats)
 
     bs = config.data.batch_size
     steps_per_epoch = train_ds.n_batches(bs)
@@ -114,7 +120,7 @@ def train(config: TrainConfig, *, checkpoint_dir: Path | None = None) -> Path:
         log.info("resuming %s after epoch %d", directory, resumed.epoch)
         state = resumed
     save_config(directory, config)
-    save_stats(directory, data.stats)
+    save_stats(directory, stats)
 
     labels = tuple(sorted({t.quantity for t in config.loss} | set(config.data.labels)))
 

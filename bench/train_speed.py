@@ -1,0 +1,91 @@
+"""Train the reference-size GMNN and report epoch time, compile time and test errors.
+
+    python bench/train_speed.py [--epochs 40] [--train F --val F --test F]
+
+Defaults: ../shared/data/cu_bulk_{train,val,test}.extxyz (EMT labels, 107-atom Cu cells),
+n_basis 7, n_radial 5, r_max 5.0, hidden [128, 128], batch size 8; every other setting is
+the default of `apax-core template train`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import DATA, table, write_result
+
+from apax_core.config import TrainConfig
+from apax_core.data import from_atoms, read_frames
+from apax_core.evaluate import evaluate
+from apax_core.model_dir import load_model
+from apax_core.train.trainer import train
+
+
+def train_config(directory: Path, train_file, val_file, epochs: int, **overrides) -> TrainConfig:
+    model = {"n_basis": 7, "n_radial": 5, "r_max": 5.0, "hidden": [128, 128]}
+    return TrainConfig.model_validate(
+        {
+            "directory": str(directory),
+            "n_epochs": epochs,
+            "data": {"train_file": str(train_file), "val_file": str(val_file), "batch_size": 8},
+            "model": model,
+            **overrides,
+        }
+    )
+
+
+def epoch_times(directory: Path) -> list[float]:
+    with open(directory / "log.csv") as fh:
+        return [float(r["epoch_s"]) for r in csv.DictReader(fh)]
+
+
+def run(config: TrainConfig, test_files: list[Path]) -> dict:
+    start = time.perf_counter()
+    train(config)
+    wall = time.perf_counter() - start
+    times = epoch_times(config.directory)
+    steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
+    model = load_model(config.directory)
+    out = {
+        "n_epochs": len(times),
+        "epoch_s": steady,
+        "first_epoch_s": times[0],
+        "compile_s": max(times[0] - steady, 0.0),
+        "wall_s": wall,
+    }
+    for f in test_files:
+        m = evaluate(model, [from_atoms(a) for a in read_frames(f)])
+        out[f.stem] = {"energy_mae_meV_atom": m["energy_mae"], "forces_mae_meV_A": m["forces_mae"]}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--train", type=Path, default=DATA / "cu_bulk_train.extxyz")
+    p.add_argument("--val", type=Path, default=DATA / "cu_bulk_val.extxyz")
+    p.add_argument("--test", type=Path, default=DATA / "cu_bulk_test.extxyz")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        config = train_config(Path(tmp) / "model", args.train, args.val, args.epochs)
+        res = run(config, [args.test])
+    test = res.pop(args.test.stem)
+    result = {
+        **res,
+        "test_energy_mae_meV_atom": test["energy_mae_meV_atom"],
+        "test_forces_mae_meV_A": test["forces_mae_meV_A"],
+        "test_file": str(args.test),
+    }
+    cols = ["n_epochs", "epoch_s", "compile_s", "test_energy_mae_meV_atom", "test_forces_mae_meV_A"]
+    print(table([result], cols))
+    print(f"wrote {write_result('train_speed', result)}")
+
+
+if __name__ == "__main__":
+    main()

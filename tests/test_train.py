@@ -1,0 +1,279 @@
+"""Training: losses against closed forms, frozen groups, warm start, resume, model directory."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+import yaml
+from conftest import TINY, emt_frames
+from flax import serialization
+
+from apax_core.config import LossTerm, TrainConfig
+from apax_core.data import DataError, collate, from_atoms, neighbour_list, write_frames
+from apax_core.evaluate import evaluate
+from apax_core.model_dir import load_model
+from apax_core.precision import with_x64
+from apax_core.train.losses import term_loss
+from apax_core.train.metrics import error_sums, finalize
+from apax_core.train.optim import schedule_factor
+from apax_core.train.trainer import train
+
+# ------------------------------------------------------------------------------ closed forms
+
+
+@pytest.fixture(scope="module")
+def padded_batch():
+    """Two real structures of different size and one padding structure, with labels."""
+    frames = [emt_frames(1, seed=1, size=(1, 1, 1))[0], emt_frames(1, seed=2, size=(2, 1, 1))[0]]
+    structures = [from_atoms(a) for a in frames]
+    nls = [neighbour_list(s, 3.0) for s in structures]
+    batch = collate(structures, nls, 20, 600, batch_size=3)
+    rng = np.random.default_rng(0)
+    pred = {
+        "energy": batch.energy + rng.normal(size=3),
+        "forces": batch.forces + rng.normal(size=batch.forces.shape),
+        "stress": batch.stress + rng.normal(size=batch.stress.shape),
+    }
+    return structures, batch, pred
+
+
+@with_x64
+def test_losses_match_closed_forms_and_ignore_padding(padded_batch):
+    structures, batch, pred = padded_batch
+    n = np.array([s.n_atoms for s in structures], dtype=float)
+    de = (pred["energy"][:2] - batch.energy[:2]) / n
+    df = np.concatenate(
+        [(pred["forces"][b, : int(n[b])] - s.forces).ravel() for b, s in enumerate(structures)]
+    )
+    ds = (pred["stress"][:2] - batch.stress[:2]).ravel()
+
+    def loss(quantity, **kw):
+        return float(term_loss(LossTerm(quantity=quantity, **kw), pred, batch))
+
+    assert loss("energy", atoms_exponent=1.0) == pytest.approx(np.mean(de**2), rel=1e-12)
+    assert loss("forces") == pytest.approx(np.mean(df**2), rel=1e-12)
+    assert loss("stress") == pytest.approx(np.mean(ds**2), rel=1e-12)
+    delta = 0.5
+    huber = np.where(np.abs(df) <= delta, 0.5 * df**2, delta * (np.abs(df) - 0.5 * delta))
+    assert loss("forces", kind="huber", huber_delta=delta) == pytest.approx(np.mean(huber), 1e-12)
+    # Metrics count real atoms only.
+    metrics = finalize(
+        {k: np.asarray(v) for k, v in error_sums(pred, batch, ("energy", "forces")).items()}, ""
+    )
+    assert metrics["forces_mae"] == pytest.approx(1000 * np.mean(np.abs(df)), rel=1e-12)
+    assert metrics["energy_rmse"] == pytest.approx(1000 * np.sqrt(np.mean(de**2)), rel=1e-12)
+
+
+def test_schedules():
+    from apax_core.config import CyclicCosineSchedule, LinearSchedule
+
+    lin = schedule_factor(LinearSchedule(end_factor=0.1, warmup_epochs=1), 10, 5)
+    assert float(lin(0)) == pytest.approx(0.1 * (1 - 0.9 * 0 / 50), rel=1e-6)  # warm-up ramp
+    assert float(lin(25)) == pytest.approx(1 - 0.9 * 0.5, rel=1e-6)
+    assert float(lin(50)) == pytest.approx(0.1, rel=1e-6)
+    cos = schedule_factor(CyclicCosineSchedule(period_epochs=2, decay_factor=0.5), 10, 8)
+    assert float(cos(0)) == pytest.approx(1.0)
+    assert float(cos(10)) == pytest.approx(0.5, abs=1e-6)  # half a period
+    assert float(cos(20)) == pytest.approx(0.5)  # second cycle starts at half height
+
+
+# ------------------------------------------------------------------------------- real training
+
+
+@pytest.fixture(scope="session")
+def data_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    files = {
+        "train": emt_frames(12, seed=10),
+        "val": emt_frames(4, seed=11),
+        "more": emt_frames(16, seed=12, rattle=0.12),
+    }
+    for name, frames in files.items():
+        write_frames(root / f"{name}.extxyz", frames)
+    return {name: root / f"{name}.extxyz" for name in files}
+
+
+def tiny_config(directory, data_files, n_epochs=3, **overrides) -> TrainConfig:
+    raw = {
+        "directory": str(directory),
+        "n_epochs": n_epochs,
+        "data": {
+            "train_file": str(data_files["train"]),
+            "val_file": str(data_files["val"]),
+            "batch_size": 4,
+            "val_batch_size": 4,
+        },
+        "model": dict(TINY),
+        "progress_bar": False,
+        **overrides,
+    }
+    return TrainConfig.model_validate(raw)
+
+
+@pytest.fixture(scope="session")
+def base_model(tmp_path_factory, data_files):
+    directory = tmp_path_factory.mktemp("base") / "model"
+    train(tiny_config(directory, data_files))
+    return directory
+
+
+def read_log(directory: Path) -> list[dict]:
+    with open(directory / "log.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_training_learns_and_writes_the_model_directory(base_model, data_files):
+    rows = read_log(base_model)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+    for name in ("config.yaml", "statistics.json", "params.msgpack", "metrics.json"):
+        assert (base_model / name).is_file()
+
+
+def test_moved_model_directory_loads_and_predicts_the_same(base_model, data_files, tmp_path):
+    from apax_core.data import read_frames
+
+    structures = [from_atoms(a) for a in read_frames(data_files["val"])]
+    before = evaluate(load_model(base_model), structures)
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(base_model, moved)
+    after = evaluate(load_model(moved), structures)
+    assert after == before
+
+
+def test_warm_start_freezes_groups_bit_identical(base_model, data_files, tmp_path):
+    base = load_model(base_model)
+    config = tiny_config(
+        tmp_path / "warm",
+        {**data_files, "train": data_files["more"]},
+        n_epochs=2,
+        warm_start={"model": str(base_model), "freeze": ["radial", "scale"]},
+    )
+    warm = load_model(train(config))
+    same = jax.tree.map(
+        lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), warm.params, base.params
+    )
+    assert all(jax.tree.leaves(same["representation"]))
+    assert same["scale_shift"]["scale"]
+    assert not all(jax.tree.leaves(same["readout"]))  # the rest did train
+    assert not same["scale_shift"]["shift"]
+    assert warm.stats == base.stats
+
+
+def test_warm_start_rejects_unknown_element_and_changed_architecture(
+    base_model, data_files, tmp_path
+):
+    from ase.build import bulk
+
+    frames = emt_frames(3, seed=3)
+    alloy = bulk("Cu", "fcc", a=3.7, cubic=True)
+    alloy.numbers[1] = 79  # Au
+    frames[1] = alloy
+    from ase.calculators.emt import EMT
+
+    alloy.calc = EMT()
+    alloy.get_forces()
+    write_frames(tmp_path / "gold.extxyz", frames)
+    config = tiny_config(
+        tmp_path / "m",
+        {**data_files, "train": tmp_path / "gold.extxyz"},
+        warm_start={"model": str(base_model)},
+    )
+    with pytest.raises(DataError, match=r"Au \(first in structure 1\)"):
+        train(config)
+    config = tiny_config(
+        tmp_path / "m2",
+        data_files,
+        warm_start={"model": str(base_model)},
+        model={**TINY, "hidden": [8]},
+    )
+    with pytest.raises(DataError, match="hidden"):
+        train(config)
+
+
+def test_missing_labels_are_reported_before_training(data_files, tmp_path):
+    frames = emt_frames(3, seed=4)
+    frames[2].calc = None
+    write_frames(tmp_path / "unlabelled.extxyz", frames)
+    config = tiny_config(tmp_path / "m", {**data_files, "train": tmp_path / "unlabelled.extxyz"})
+    with pytest.raises(DataError, match=r"unlabelled.extxyz: .*structure 2"):
+        train(config)
+    assert not (tmp_path / "m").exists()
+
+
+def test_resume_after_sigkill_equals_uninterrupted_run(data_files, tmp_path):
+    n_epochs = 8
+    reference = tiny_config(tmp_path / "reference", data_files, n_epochs=n_epochs)
+    train(reference)
+    config = tiny_config(tmp_path / "killed", data_files, n_epochs=n_epochs)
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    command = [sys.executable, "-m", "apax_core.cli", "train", str(config_file)]
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log_file = tmp_path / "killed" / "log.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if log_file.is_file() and len(read_log(tmp_path / "killed")) >= 2:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.01)
+    proc.wait()
+    done_before = len(read_log(tmp_path / "killed"))
+    assert proc.returncode == -signal.SIGKILL and done_before < n_epochs
+
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    resumed, uninterrupted = read_log(tmp_path / "killed"), read_log(tmp_path / "reference")
+    assert [int(r["epoch"]) for r in resumed] == list(range(1, n_epochs + 1))
+    for a, b in zip(resumed, uninterrupted, strict=True):
+        assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), rel=1e-6)
+    params = [
+        serialization.msgpack_restore((tmp_path / d / "params.msgpack").read_bytes())
+        for d in ("killed", "reference")
+    ]
+    diffs = jax.tree.map(lambda a, b: np.abs(a - b).max(), *params)
+    assert max(jax.tree.leaves(diffs)) < 1e-5
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run(
+        [sys.executable, "-m", "apax_core.cli", *args], capture_output=True, text=True, cwd=cwd
+    )
+
+
+def test_validate_reports_every_error_with_its_path(tmp_path):
+    bad = {"directory": "m", "nepochs": 3, "data": {"batch_size": "eight"}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    out = run_cli("validate", "train", str(tmp_path / "bad.yaml"))
+    assert out.returncode != 0
+    assert "n_epochs: Field required" in out.stderr
+    assert "nepochs: Extra inputs are not permitted" in out.stderr
+    assert "data.train_file: Field required" in out.stderr
+    assert "data.batch_size: Input should be a valid integer" in out.stderr
+    assert "model.hidden" not in out.stderr
+
+
+def test_template_is_valid_and_validate_accepts_it(tmp_path, data_files):
+    for args in (["template", "train"], ["template", "train", "--full"]):
+        text = run_cli(*args).stdout
+        raw = yaml.safe_load(text)
+        raw["data"]["train_file"], raw["data"]["val_file"] = (
+            str(data_files["train"]),
+            str(data_files["val"]),
+        )
+        (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
+        out = run_cli("validate", "train", str(tmp_path / "t.yaml"))
+        assert out.returncode == 0, out.stderr
