@@ -20,7 +20,14 @@ from flax import serialization
 
 from apax_core.config import ModelConfig, TrainConfig
 from apax_core.files import atomic_write
-from apax_core.model import EnergyModel, ModelStatistics, build_model, init_params
+from apax_core.model import (
+    EnergyModel,
+    ModelStatistics,
+    build_model,
+    init_params,
+    is_full,
+    make_apply,
+)
 from apax_core.precision import x64
 
 CONFIG, STATS, PARAMS = "config.yaml", "statistics.json", "params.msgpack"
@@ -38,8 +45,17 @@ class Model:
     def module(self) -> EnergyModel:
         return build_model(self.config, self.stats)
 
-    def apply(self, params, *args):
-        """Atomic energies (N, M) from (dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask)."""
+    @cached_property
+    def apply(self):
+        """(params, dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask) -> atomic energies (N, M)."""
+        return make_apply(self.module)
+
+    @property
+    def member_apply(self):
+        """Single-member apply on unstacked parameters for a full ensemble; else None."""
+        return self.module_apply if is_full(self.config) else None
+
+    def module_apply(self, params, *args):
         return self.module.apply({"params": params}, *args)
 
 

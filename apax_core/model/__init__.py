@@ -1,27 +1,66 @@
 """Energy models: a representation behind ``(dr_vec, Z, idx) -> per-atom features``, a readout,
-per-element scale/shift, optional ZBL."""
+per-element scale/shift, optional ZBL; single models and shallow or full ensembles."""
 
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-from apax_core.config import ModelConfig
+from apax_core.config import FullEnsemble, ModelConfig, ShallowEnsemble
 from apax_core.model.energy import EnergyModel, ModelStatistics
 from apax_core.model.gmnn import descriptor_size
 
-__all__ = ["EnergyModel", "ModelStatistics", "build_model", "descriptor_size", "init_params"]
+__all__ = [
+    "EnergyModel",
+    "ModelStatistics",
+    "build_model",
+    "descriptor_size",
+    "init_params",
+    "make_apply",
+]
 
 
-def build_model(config: ModelConfig, stats: ModelStatistics, n_outputs: int = 1) -> EnergyModel:
-    """The flax module for ``config``; ``n_outputs > 1`` is a shallow ensemble readout."""
-    return EnergyModel(config, stats, n_outputs)
+def build_model(config: ModelConfig, stats: ModelStatistics) -> EnergyModel:
+    """The flax module; a shallow ensemble is a readout with ``n_members`` outputs."""
+    shallow = isinstance(config.ensemble, ShallowEnsemble)
+    return EnergyModel(config, stats, config.ensemble.n_members if shallow else 1)
+
+
+def is_full(config: ModelConfig) -> bool:
+    return isinstance(config.ensemble, FullEnsemble)
 
 
 def init_params(model: EnergyModel, key: jax.Array):
-    """Fresh parameters (call inside ``precision.x64()`` so scale/shift are fp64)."""
+    """Fresh parameters (call inside ``precision.x64()`` so scale/shift are fp64).
+
+    A full ensemble gets M independently initialised parameter sets stacked on axis 0.
+    """
     z = jnp.asarray([model.stats.elements[0]] * 2, dtype=jnp.int32)
     dr = jnp.asarray([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=jnp.float64)
     idx_i, idx_j = jnp.asarray([0, 1]), jnp.asarray([1, 0])
     mask = jnp.ones(2, dtype=bool)
-    return model.init(key, dr, z, idx_i, idx_j, mask, mask)["params"]
+
+    def init(k):
+        return model.init(k, dr, z, idx_i, idx_j, mask, mask)["params"]
+
+    if is_full(model.config):
+        return jax.vmap(init)(jax.random.split(key, model.config.ensemble.n_members))
+    return init(key)
+
+
+def make_apply(model: EnergyModel):
+    """(params, dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask) -> atomic energies (N, M).
+
+    M is 1 for a single model and the member count for either kind of ensemble.
+    """
+
+    def apply(params, *args):
+        return model.apply({"params": params}, *args)
+
+    if not is_full(model.config):
+        return apply
+
+    def apply_full(params, *args):
+        return jnp.transpose(jax.vmap(lambda p: apply(p, *args)[:, 0])(params))
+
+    return apply_full

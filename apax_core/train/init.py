@@ -28,11 +28,14 @@ def feature_scales(
         dr = s.positions[s.idx_j] - s.positions[s.idx_i] + s.offsets
         return rep.apply({"params": p}, dr, table[s.Z], s.idx_i, s.idx_j, s.pair_mask, s.Z.shape[0])
 
+    rep_params = params["representation"]
+    if config.ensemble is not None and config.ensemble.kind == "full":
+        rep_params = jax.tree.map(lambda x: x[0], rep_params)  # members share the statistics
     sample = data.subset(range(min(n_structures, len(data))))
     squares = []
     for batch in sample.batches(1, PadToMax(), shuffle=False, seed=0):
         s = jax.tree.map(lambda x: x[0], batch)
-        f = np.asarray(descriptor(params["representation"], s), dtype=np.float64)
+        f = np.asarray(descriptor(rep_params, s), dtype=np.float64)
         squares.append(f[np.asarray(s.atom_mask)] ** 2)
     sq = np.concatenate(squares)
     sizes = group_sizes(config.n_radial, config.n_contr)

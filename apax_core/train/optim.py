@@ -6,25 +6,17 @@ bit-identical, with no optimiser state spent on them.
 
 from __future__ import annotations
 
-import inspect
-
 import jax
 import jax.numpy as jnp
 import optax
 
-from apax_core.config import CyclicCosineSchedule, LinearSchedule, OptimizerConfig, Schedule
-
-OPTIMIZERS = {
-    "adam": optax.adam,
-    "adamw": optax.adamw,
-    "sgd": optax.sgd,
-    "ademamix": optax.contrib.ademamix,
-}
-
-
-def optimizer_kwargs(name: str) -> set[str]:
-    """Keyword arguments the optax optimiser accepts besides the learning rate."""
-    return set(inspect.signature(OPTIMIZERS[name]).parameters) - {"learning_rate"}
+from apax_core.config import (
+    CyclicCosineSchedule,
+    LinearSchedule,
+    OptimizerConfig,
+    Schedule,
+    optax_optimizer,
+)
 
 
 def group_of(path: tuple) -> str:
@@ -74,7 +66,7 @@ def make_optimizer(
             groups[group] = optax.set_to_zero()
         else:
             lr = lambda step, peak=peak: peak * factor(step)  # noqa: E731
-            groups[group] = OPTIMIZERS[cfg.name](learning_rate=lr, **cfg.kwargs)
+            groups[group] = optax_optimizer(cfg.name)(learning_rate=lr, **cfg.kwargs)
     tx = optax.multi_transform(groups, param_labels)
     if cfg.grad_clip is not None:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)

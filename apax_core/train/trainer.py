@@ -24,7 +24,7 @@ from tqdm import tqdm
 from apax_core.config import TrainConfig
 from apax_core.data import Dataset, prefetch
 from apax_core.files import atomic_write
-from apax_core.model import build_model, init_params
+from apax_core.model import build_model, init_params, make_apply
 from apax_core.model_dir import save_config, save_params, save_stats
 from apax_core.precision import with_x64
 from apax_core.train.data import load_training_data
@@ -124,9 +124,7 @@ def train(config: TrainConfig, *, checkpoint_dir: Path | None = None) -> Path:
 
     labels = tuple(sorted({t.quantity for t in config.loss} | set(config.data.labels)))
 
-    def apply(p, *args):
-        return model.apply({"params": p}, *args)
-
+    apply = make_apply(model)
     train_step, eval_step = make_steps(apply, config, tx, labels)
     lr_factor = schedule_factor(config.optimizer.schedule, steps_per_epoch, config.n_epochs)
     ema = config.ema

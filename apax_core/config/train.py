@@ -1,23 +1,16 @@
-"""Typed configuration: validated once at the edge, typed objects below.
-
-Every pluggable choice is a discriminated union keyed by ``kind``; every model forbids unknown
-keys so that a misspelt option is an error, not a silently ignored default.
-"""
+"""Training configuration: data, model, objective, optimiser, warm start."""
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+import optax
+import optax.contrib
+from pydantic import Field, PositiveInt, model_validator
 
-
-class Strict(BaseModel):
-    """Base for all config sections: unknown keys are errors, instances are immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
-
+from apax_core.config.common import Strict
 
 # ----------------------------------------------------------------------------------------- data
 
@@ -73,6 +66,25 @@ class ZBLConfig(Strict):
     r_max: float = Field(1.5, gt=0.0)
 
 
+class ShallowEnsemble(Strict):
+    """M outputs of the last readout layer on one shared network (paper sec. 2.2)."""
+
+    kind: Literal["shallow"] = "shallow"
+    n_members: int = Field(8, ge=2)
+    chunk_size: PositiveInt | None = None
+    """Members per chunk of the force-uncertainty jacobian (bounds memory); None: all at once."""
+
+
+class FullEnsemble(Strict):
+    """M independently initialised parameter sets, trained together and evaluated by vmap."""
+
+    kind: Literal["full"] = "full"
+    n_members: int = Field(4, ge=2)
+
+
+Ensemble = Annotated[ShallowEnsemble | FullEnsemble, Field(discriminator="kind")]
+
+
 class GMNNConfig(Strict):
     """Gaussian-moment neural network (paper eq. 1-4)."""
 
@@ -97,6 +109,12 @@ class GMNNConfig(Strict):
     """Chemical symbols the model knows; default: the elements of the training data."""
     precision: Literal["fp32", "fp64"] = "fp32"
     """Dtype of descriptor and readout; scale/shift and energy sums are always fp64."""
+    ensemble: Ensemble | None = None
+    """None: a single model; or a shallow or full ensemble for uncertainties."""
+
+    @property
+    def n_members(self) -> int:
+        return 1 if self.ensemble is None else self.ensemble.n_members
 
     @model_validator(mode="after")
     def _radii(self) -> GMNNConfig:
@@ -169,6 +187,16 @@ Schedule = Annotated[
 ]
 
 
+def optax_optimizer(name: str):
+    """The optax constructor behind an optimizer name."""
+    return {
+        "adam": optax.adam,
+        "adamw": optax.adamw,
+        "sgd": optax.sgd,
+        "ademamix": optax.contrib.ademamix,
+    }[name]
+
+
 class OptimizerConfig(Strict):
     name: Literal["adam", "adamw", "sgd", "ademamix"] = "adam"
     kwargs: dict[str, float | int | bool] = {}
@@ -180,9 +208,7 @@ class OptimizerConfig(Strict):
 
     @model_validator(mode="after")
     def _kwargs_known(self) -> OptimizerConfig:
-        from apax_core.train.optim import optimizer_kwargs
-
-        allowed = optimizer_kwargs(self.name)
+        allowed = set(inspect.signature(optax_optimizer(self.name)).parameters) - {"learning_rate"}
         unknown = sorted(set(self.kwargs) - allowed)
         if unknown:
             raise ValueError(
@@ -225,34 +251,3 @@ class TrainConfig(Strict):
     """Stop after this many epochs without a better validation loss (None: never)."""
     warm_start: WarmStart | None = None
     progress_bar: bool = True
-
-
-# ------------------------------------------------------------------------------- load and errors
-
-
-class ConfigError(ValueError):
-    """A configuration file that does not validate; the message lists every error by field path."""
-
-
-def format_errors(err: ValidationError, source: str) -> str:
-    """One line per error: dotted field path, message, offending input."""
-    lines = [f"{err.error_count()} validation error(s) in {source}:"]
-    for e in err.errors():
-        path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        shown = "" if e["type"] == "missing" else f" (got {e['input']!r})"
-        lines.append(f"  {path}: {e['msg']}{shown}")
-    return "\n".join(lines)
-
-
-def load_config(path: str | Path, cls: type[Strict] = TrainConfig) -> Strict:
-    """Read a YAML file into ``cls``; raise ConfigError naming every bad field at once."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
-    try:
-        return cls.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(format_errors(err, str(path))) from None
