@@ -25,8 +25,8 @@ from apax_core.model import (
     ModelStatistics,
     build_model,
     init_params,
-    is_full,
     make_apply,
+    make_member_apply,
 )
 from apax_core.precision import x64
 
@@ -47,16 +47,13 @@ class Model:
 
     @cached_property
     def apply(self):
-        """(params, dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask) -> atomic energies (N, M)."""
+        """(params, dr_vec, Z, idx_j, atom_mask, pair_mask) -> atomic energies (N, M)."""
         return make_apply(self.module)
 
-    @property
+    @cached_property
     def member_apply(self):
         """Single-member apply on unstacked parameters for a full ensemble; else None."""
-        return self.module_apply if is_full(self.config) else None
-
-    def module_apply(self, params, *args):
-        return self.module.apply({"params": params}, *args)
+        return make_member_apply(self.module)
 
 
 def save_stats(directory: Path, stats: ModelStatistics) -> None:

@@ -1,8 +1,9 @@
 """Function transformations of the energy model: totals, forces, stress (and, later, ensembles).
 
-``apply`` is ``EnergyModel.apply``-like: (params, dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask)
--> atomic energies (N, M). Everything here is a pure function of (params, structure) and
-composes with ``jax.vmap`` over a :class:`apax_core.data.Batch` and ``jax.jit``.
+``apply`` is ``EnergyModel.apply``-like: (params, dr_vec, Z, idx_j, atom_mask, pair_mask)
+-> atomic energies (N, M), with dense neighbours (see data/batch.py). Everything here is a
+pure function of (params, structure) and composes with ``jax.vmap`` over a
+:class:`apax_core.data.Batch` and ``jax.jit``.
 """
 
 from __future__ import annotations
@@ -17,16 +18,17 @@ from apax_core.data.batch import Batch
 AtomicEnergyFn = Callable[..., jax.Array]
 
 
-def pair_vectors(positions, offsets, idx_i, idx_j, strain):
-    """r_ij = (R_j - R_i + offset_ij) (I + strain): the strain derivative gives the virial."""
-    dr = positions[idx_j] - positions[idx_i] + offsets
+def pair_vectors(positions, offsets, idx_j, strain):
+    """r_ik = (R_j(i,k) - R_i + offset_ik) (I + strain), (N, K, 3): the strain derivative gives
+    the virial."""
+    dr = positions[idx_j] - positions[:, None, :] + offsets
     return dr + dr @ strain
 
 
 def total_energies(apply: AtomicEnergyFn, params, positions, strain, s: Batch):
     """Energy per model output (M,), summed over atoms in fp64, for one structure ``s``."""
-    dr = pair_vectors(positions, s.offsets, s.idx_i, s.idx_j, strain)
-    atomic = apply(params, dr, s.Z, s.idx_i, s.idx_j, s.atom_mask, s.pair_mask)
+    dr = pair_vectors(positions, s.offsets, s.idx_j, strain)
+    atomic = apply(params, dr, s.Z, s.idx_j, s.atom_mask, s.pair_mask)
     return jnp.sum(atomic.astype(jnp.float64), axis=0)
 
 
@@ -119,7 +121,14 @@ def member_gradients(apply, params, s: Batch, *, member_apply=None, chunk_size=N
 
 
 def ensemble_predict(
-    apply, params, s: Batch, *, member_apply=None, chunk_size=None, force_uncertainty=True
+    apply,
+    params,
+    s: Batch,
+    *,
+    member_apply=None,
+    chunk_size=None,
+    force_uncertainty=True,
+    stress=True,
 ):
     """Mean predictions plus IPSuite's uncertainty keys (standard deviations, never variances).
 
@@ -128,7 +137,7 @@ def ensemble_predict(
     member's forces and stress are computed (eq. 6, right) and their spread is reported.
     """
     if not force_uncertainty:
-        out = energy_forces_stress(apply, params, s, stress=True)
+        out = energy_forces_stress(apply, params, s, stress=stress)
         out["energy_uncertainty"] = mean_std(out["energy_ensemble"])[1]
         return out
     energies, g_r, g_eps = member_gradients(

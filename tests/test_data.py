@@ -326,7 +326,7 @@ def test_shuffle_is_a_pure_function_of_seed_and_epoch(mixed_dataset):
 def test_padding_rows_and_slots_are_masked(mixed_dataset):
     batches = list(mixed_dataset.batches(8, PadToMax(), shuffle=True, seed=0))
     assert len(batches) == mixed_dataset.n_batches(8) == 8
-    assert len({(b.Z.shape, b.idx_i.shape) for b in batches}) == 1  # PadToMax: one shape
+    assert len({(b.Z.shape, b.idx_j.shape) for b in batches}) == 1  # PadToMax: one shape
     last = batches[-1]
     empty = ~last.structure_mask
     assert empty.sum() == 8 * 8 - len(mixed_dataset)
@@ -335,25 +335,42 @@ def test_padding_rows_and_slots_are_masked(mixed_dataset):
     for b in batches:
         assert np.array_equal(b.atom_mask, b.Z > 0)
         assert np.array_equal(b.atom_mask.sum(axis=1), b.n_atoms)
-        assert not b.idx_i[~b.pair_mask].any() and not b.idx_j[~b.pair_mask].any()
+        assert not b.idx_j[~b.pair_mask].any()
         assert not b.offsets[~b.pair_mask].any() and not b.forces[~b.atom_mask].any()
-        owner = np.broadcast_to(b.n_atoms[:, None], b.idx_i.shape)[b.pair_mask]
-        assert np.all(b.idx_i[b.pair_mask] < owner) and np.all(b.idx_j[b.pair_mask] < owner)
+        assert not b.pair_mask[~b.atom_mask].any()  # padded atoms have no neighbours
+        owner = np.broadcast_to(b.n_atoms[:, None, None], b.idx_j.shape)[b.pair_mask]
+        assert np.all(b.idx_j[b.pair_mask] < owner)
     dropped = list(mixed_dataset.batches(8, PadToMax(), shuffle=True, seed=0, drop_last=True))
     assert len(dropped) == mixed_dataset.n_batches(8, drop_last=True) == 7
     assert all(b.structure_mask.all() for b in dropped)
 
 
 def test_binned_padding_gives_few_bin_multiple_shapes(mixed_dataset):
-    padding = PadBinned(atom_bin=16, pair_bin=512)
+    padding = PadBinned(atom_bin=16, neighbour_bin=8)
     shapes = set()
     for epoch in range(3):
         for b in mixed_dataset.batches(4, padding, shuffle=True, seed=0, epoch=epoch):
-            n, p = b.Z.shape[1], b.idx_i.shape[1]
-            assert n % 16 == 0 and p % 512 == 0
-            assert n >= b.n_atoms.max() and p >= b.pair_mask.sum(axis=1).max()
-            shapes.add((n, p))
+            n, k = b.idx_j.shape[1:]
+            assert n % 16 == 0 and k % 8 == 0
+            assert n >= b.n_atoms.max() and k >= b.pair_mask.sum(axis=2).max()
+            shapes.add((n, k))
     assert len(shapes) <= 4
+
+
+def test_dense_neighbours_hold_exactly_the_neighbour_list(mixed_dataset):
+    b = next(mixed_dataset.batches(4, PadToMax(), shuffle=False, seed=0))
+    for row in range(4):
+        nl = mixed_dataset.neighbour_lists[row]
+        expected = {
+            (int(i), int(j), tuple(np.round(o, 8)))
+            for i, j, o in zip(nl.idx_i, nl.idx_j, nl.offsets, strict=True)
+        }
+        i, k = np.nonzero(b.pair_mask[row])
+        got = {
+            (int(a), int(b.idx_j[row, a, c]), tuple(np.round(b.offsets[row, a, c], 8)))
+            for a, c in zip(i, k, strict=True)
+        }
+        assert got == expected
 
 
 def test_subset_reuses_neighbour_lists(mixed_dataset):

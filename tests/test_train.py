@@ -37,7 +37,7 @@ def padded_batch():
     frames = [emt_frames(1, seed=1, size=(1, 1, 1))[0], emt_frames(1, seed=2, size=(2, 1, 1))[0]]
     structures = [from_atoms(a) for a in frames]
     nls = [neighbour_list(s, 3.0) for s in structures]
-    batch = collate(structures, nls, 20, 600, batch_size=3)
+    batch = collate(structures, nls, 20, 40, batch_size=3)
     rng = np.random.default_rng(0)
     pred = {
         "energy": batch.energy + rng.normal(size=3),

@@ -27,8 +27,9 @@ class PadBinned(Strict):
     kind: Literal["binned"] = "binned"
     atom_bin: PositiveInt = 10
     """Atom counts are rounded up to a multiple of this."""
-    pair_bin: PositiveInt = 2000
-    """Neighbour-pair counts are rounded up to a multiple of this."""
+    neighbour_bin: PositiveInt = 8
+    """Neighbour slots per atom are rounded up to a multiple of this (the dense neighbour layout's
+    counterpart of a pair-count bin)."""
 
 
 Padding = Annotated[PadToMax | PadBinned, Field(discriminator="kind")]
@@ -133,15 +134,24 @@ Group = Literal["radial", "nn", "scale", "shift"]
 
 
 class LossTerm(Strict):
-    """One weighted term of the training objective."""
+    """One weighted term of the training objective.
+
+    ``mse``/``huber`` compare the prediction (for a full ensemble: every member, averaged) with
+    the label; ``nll``/``crps`` score the ensemble mean and standard deviation as a Gaussian
+    (paper eq. 7 and 8) and need an ensemble.
+    """
 
     quantity: Label
-    kind: Literal["mse", "huber"] = "mse"
+    kind: Literal["mse", "huber", "nll", "crps"] = "mse"
     weight: float = Field(1.0, ge=0.0)
     atoms_exponent: float = Field(0.0, ge=0.0)
     """The error of a structure is divided by n_atoms**atoms_exponent (1 for energy: per atom)."""
     huber_delta: float = Field(0.01, gt=0.0)
     """Transition between quadratic and linear (huber only), in the unit of the error."""
+
+    @property
+    def probabilistic(self) -> bool:
+        return self.kind in ("nll", "crps")
 
 
 def default_loss() -> list[LossTerm]:
@@ -247,6 +257,14 @@ class TrainConfig(Strict):
     loss: list[LossTerm] = Field(default_factory=default_loss, min_length=1)
     optimizer: OptimizerConfig = OptimizerConfig()
     ema: EMAConfig | None = EMAConfig()
+
+    @model_validator(mode="after")
+    def _probabilistic_needs_ensemble(self) -> TrainConfig:
+        bad = [t.quantity for t in self.loss if t.probabilistic and self.model.ensemble is None]
+        if bad:
+            raise ValueError(f"nll/crps loss on {bad} needs model.ensemble (shallow or full)")
+        return self
+
     patience: PositiveInt | None = None
     """Stop after this many epochs without a better validation loss (None: never)."""
     warm_start: WarmStart | None = None

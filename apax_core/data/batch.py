@@ -1,9 +1,12 @@
 """The padded batch: the one array structure that flows from the data pipeline into models.
 
-Shapes are fixed per batch (B structures, N atom slots, P pair slots) and masks say what is real.
-Padded atoms have ``Z == 0`` and ``atom_mask == False``; padded pairs have ``pair_mask == False``,
-``idx_i == idx_j == 0`` and a zero offset. A real pair may have ``idx_i == idx_j`` (an atom and its
-own periodic image in a small cell), so masks, never index equality, decide what is padding.
+Shapes are fixed per batch (B structures, N atom slots, K neighbour slots per atom) and masks
+say what is real. Neighbours are dense: row i lists the neighbours of atom i, so sums over
+neighbours are reductions over an axis (fast forward and backward) rather than scatters.
+Padded atoms have ``Z == 0`` and ``atom_mask == False``; padded neighbour slots have
+``pair_mask == False``, ``idx_j == 0`` and a zero offset. A real pair may have ``idx_j == i``
+(an atom and its own periodic image in a small cell), so masks, never indices, decide what is
+padding.
 """
 
 from __future__ import annotations
@@ -22,16 +25,14 @@ class Batch(NamedTuple):
     """(B, N, 3) float64 Cartesian positions in Angstrom."""
     cell: np.ndarray
     """(B, 3, 3) float64 cell vectors as rows (ASE convention); zeros when not periodic."""
-    idx_i: np.ndarray
-    """(B, P) int32 centre atom of each pair."""
     idx_j: np.ndarray
-    """(B, P) int32 neighbour atom of each pair."""
+    """(B, N, K) int32 neighbour atom in slot k of atom i."""
     offsets: np.ndarray
-    """(B, P, 3) float64 Cartesian image shift: r_ij = positions[j] - positions[i] + offsets."""
+    """(B, N, K, 3) float64 image shift: r_ik = positions[idx_j] - positions[i] + offsets."""
     atom_mask: np.ndarray
     """(B, N) bool, True for real atoms."""
     pair_mask: np.ndarray
-    """(B, P) bool, True for real pairs."""
+    """(B, N, K) bool, True for real neighbour slots."""
     n_atoms: np.ndarray
     """(B,) int32 real atom count per structure (0 for a padding structure)."""
     energy: np.ndarray

@@ -63,7 +63,13 @@ class Dataset:
             )
         self.neighbour_lists: tuple[NeighbourList, ...] = tuple(neighbour_lists)
         self.n_atoms = np.array([s.n_atoms for s in self.structures], dtype=np.int64)
-        self.n_pairs = np.array([nl.n_pairs for nl in self.neighbour_lists], dtype=np.int64)
+        self.n_neighbours = np.array(
+            [
+                nl.max_neighbours(s.n_atoms)
+                for s, nl in zip(self.structures, self.neighbour_lists, strict=True)
+            ],
+            dtype=np.int64,
+        )
 
     def _compute_neighbour_lists(self) -> list[NeighbourList]:
         items = tqdm(
@@ -95,8 +101,8 @@ class Dataset:
 
     @cached_property
     def max_sizes(self) -> tuple[int, int]:
-        """(N, P) for PadToMax: the dataset maximum atom and pair counts."""
-        return max_sizes(self.n_atoms.tolist(), self.n_pairs.tolist())
+        """(N, K) for PadToMax: the dataset maximum atom and per-atom neighbour counts."""
+        return max_sizes(self.n_atoms.tolist(), self.n_neighbours.tolist())
 
     def n_batches(self, batch_size: int, drop_last: bool = False) -> int:
         """Batches per epoch."""
@@ -124,14 +130,14 @@ class Dataset:
         for b in range(n_batches):
             idx = order[b * batch_size : (b + 1) * batch_size]
             if padding.kind == "max":
-                n_pad, p_pad = self.max_sizes
+                n_pad, k_pad = self.max_sizes
             else:
-                n_pad, p_pad = pad_sizes(self.n_atoms[idx], self.n_pairs[idx], padding)
+                n_pad, k_pad = pad_sizes(self.n_atoms[idx], self.n_neighbours[idx], padding)
             yield collate(
                 [self.structures[k] for k in idx],
                 [self.neighbour_lists[k] for k in idx],
                 n_pad,
-                p_pad,
+                k_pad,
                 batch_size=batch_size,
             )
 

@@ -24,6 +24,15 @@ class NeighbourList(NamedTuple):
     def n_pairs(self) -> int:
         return len(self.idx_i)
 
+    def max_neighbours(self, n_atoms: int) -> int:
+        """The largest number of neighbours of any atom (the dense layout's slot count)."""
+        return int(np.bincount(self.idx_i, minlength=n_atoms).max(initial=0))
+
+    def slots(self, n_atoms: int) -> np.ndarray:
+        """Slot of each pair in its centre atom's row (pairs are sorted by centre)."""
+        start = np.concatenate([[0], np.cumsum(np.bincount(self.idx_i, minlength=n_atoms))])
+        return np.arange(self.n_pairs) - start[self.idx_i]
+
 
 def neighbour_list(structure: Structure, cutoff: float) -> NeighbourList:
     """Full (both directions) neighbour list of ``structure`` within ``cutoff``.

@@ -22,42 +22,41 @@ def _round_up(n: int, multiple: int) -> int:
 
 
 def pad_sizes(
-    n_atoms: Sequence[int], n_pairs: Sequence[int], padding: PadToMax | PadBinned
+    n_atoms: Sequence[int], n_neighbours: Sequence[int], padding: PadToMax | PadBinned
 ) -> tuple[int, int]:
-    """Atom and pair slot counts (N, P) for structures with the given counts.
+    """Atom and neighbour slot counts (N, K) for structures with the given maxima.
 
     PadToMax: the exact maximum (call it with the whole dataset for a single compiled shape).
-    PadBinned: the maximum rounded up to a multiple of ``atom_bin`` / ``pair_bin`` (call it per
-    batch; mixed sizes then compile a handful of shapes). Both are at least 1, so no array has a
-    zero-length axis even for isolated atoms without neighbours.
+    PadBinned: the maximum rounded up to a multiple of ``atom_bin`` / ``neighbour_bin`` (call it
+    per batch; mixed sizes then compile a handful of shapes). Both are at least 1, so no array
+    has a zero-length axis even for isolated atoms without neighbours.
     """
     kind = getattr(padding, "kind", None)
     if kind == "max":
-        return max_sizes(n_atoms, n_pairs)
+        return max_sizes(n_atoms, n_neighbours)
     if kind == "binned":
-        n, p = max_sizes(n_atoms, n_pairs)
-        return _round_up(n, padding.atom_bin), _round_up(p, padding.pair_bin)
+        n, k = max_sizes(n_atoms, n_neighbours)
+        return _round_up(n, padding.atom_bin), _round_up(k, padding.neighbour_bin)
     raise TypeError(f"unknown padding {padding!r}")
 
 
-def max_sizes(n_atoms: Sequence[int], n_pairs: Sequence[int]) -> tuple[int, int]:
-    """(N, P): the largest atom and pair counts, at least 1 each."""
-    if len(n_atoms) == 0 or len(n_pairs) == 0:
+def max_sizes(n_atoms: Sequence[int], n_neighbours: Sequence[int]) -> tuple[int, int]:
+    """(N, K): the largest atom and per-atom neighbour counts, at least 1 each."""
+    if len(n_atoms) == 0 or len(n_neighbours) == 0:
         raise ValueError("pad sizes need at least one structure")
-    return max(1, int(max(n_atoms))), max(1, int(max(n_pairs)))
+    return max(1, int(max(n_atoms))), max(1, int(max(n_neighbours)))
 
 
-def _empty_batch(b: int, n: int, p: int) -> Batch:
+def _empty_batch(b: int, n: int, k: int) -> Batch:
     """All-padding batch: zeros everywhere, every mask False."""
     return Batch(
         Z=np.zeros((b, n), np.int32),
         positions=np.zeros((b, n, 3)),
         cell=np.zeros((b, 3, 3)),
-        idx_i=np.zeros((b, p), np.int32),
-        idx_j=np.zeros((b, p), np.int32),
-        offsets=np.zeros((b, p, 3)),
+        idx_j=np.zeros((b, n, k), np.int32),
+        offsets=np.zeros((b, n, k, 3)),
         atom_mask=np.zeros((b, n), bool),
-        pair_mask=np.zeros((b, p), bool),
+        pair_mask=np.zeros((b, n, k), bool),
         n_atoms=np.zeros(b, np.int32),
         energy=np.zeros(b),
         forces=np.zeros((b, n, 3)),
@@ -69,10 +68,10 @@ def collate(
     structures: Sequence[Structure],
     nls: Sequence[NeighbourList],
     n_atoms_pad: int,
-    n_pairs_pad: int,
+    n_neighbours_pad: int,
     batch_size: int | None = None,
 ) -> Batch:
-    """Stack structures and their neighbour lists into a Batch of shape (B, N, P).
+    """Stack structures and their neighbour lists into a Batch of shape (B, N, K).
 
     B is ``batch_size`` if given (missing rows are empty padding structures with n_atoms 0, so
     the last short batch keeps the compiled shape), else ``len(structures)``. Padding follows
@@ -83,22 +82,22 @@ def collate(
     b = len(structures) if batch_size is None else batch_size
     if b < len(structures):
         raise ValueError(f"batch_size {batch_size} < {len(structures)} structures")
-    out = _empty_batch(b, n_atoms_pad, n_pairs_pad)
+    out = _empty_batch(b, n_atoms_pad, n_neighbours_pad)
     for k, (s, nl) in enumerate(zip(structures, nls, strict=True)):
-        n, p = s.n_atoms, nl.n_pairs
-        if n > n_atoms_pad or p > n_pairs_pad:
+        n, m = s.n_atoms, nl.max_neighbours(s.n_atoms)
+        if n > n_atoms_pad or m > n_neighbours_pad:
             raise ValueError(
-                f"structure {k} ({n} atoms, {p} pairs) exceeds pad sizes "
-                f"({n_atoms_pad} atoms, {n_pairs_pad} pairs)"
+                f"structure {k} ({n} atoms, up to {m} neighbours) exceeds pad sizes "
+                f"({n_atoms_pad} atoms, {n_neighbours_pad} neighbours)"
             )
+        slot = nl.slots(n)
         out.Z[k, :n] = s.Z
         out.positions[k, :n] = s.positions
         out.cell[k] = s.cell
-        out.idx_i[k, :p] = nl.idx_i
-        out.idx_j[k, :p] = nl.idx_j
-        out.offsets[k, :p] = nl.offsets
+        out.idx_j[k, nl.idx_i, slot] = nl.idx_j
+        out.offsets[k, nl.idx_i, slot] = nl.offsets
         out.atom_mask[k, :n] = True
-        out.pair_mask[k, :p] = True
+        out.pair_mask[k, nl.idx_i, slot] = True
         out.n_atoms[k] = n
         if s.energy is not None:
             out.energy[k] = s.energy

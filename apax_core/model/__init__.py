@@ -17,6 +17,7 @@ __all__ = [
     "descriptor_size",
     "init_params",
     "make_apply",
+    "make_member_apply",
 ]
 
 
@@ -36,20 +37,27 @@ def init_params(model: EnergyModel, key: jax.Array):
     A full ensemble gets M independently initialised parameter sets stacked on axis 0.
     """
     z = jnp.asarray([model.stats.elements[0]] * 2, dtype=jnp.int32)
-    dr = jnp.asarray([[1.0, 0.0, 0.0], [-1.0, 0.0, 0.0]], dtype=jnp.float64)
-    idx_i, idx_j = jnp.asarray([0, 1]), jnp.asarray([1, 0])
+    dr = jnp.asarray([[[1.0, 0.0, 0.0]], [[-1.0, 0.0, 0.0]]], dtype=jnp.float64)  # (2, 1, 3)
+    idx_j = jnp.asarray([[1], [0]])
     mask = jnp.ones(2, dtype=bool)
 
     def init(k):
-        return model.init(k, dr, z, idx_i, idx_j, mask, mask)["params"]
+        return model.init(k, dr, z, idx_j, mask, mask[:, None])["params"]
 
     if is_full(model.config):
         return jax.vmap(init)(jax.random.split(key, model.config.ensemble.n_members))
     return init(key)
 
 
+def make_member_apply(model: EnergyModel):
+    """Single-member apply on unstacked parameters for a full ensemble; None otherwise."""
+    if not is_full(model.config):
+        return None
+    return lambda params, *args: model.apply({"params": params}, *args)
+
+
 def make_apply(model: EnergyModel):
-    """(params, dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask) -> atomic energies (N, M).
+    """(params, dr_vec, Z, idx_j, atom_mask, pair_mask) -> atomic energies (N, M).
 
     M is 1 for a single model and the member count for either kind of ensemble.
     """

@@ -54,21 +54,24 @@ def _constant(values):
 
 
 class EnergyModel(nn.Module):
-    """(dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask) -> atomic energies (N, n_outputs), fp64."""
+    """(dr_vec, Z, idx_j, atom_mask, pair_mask) -> atomic energies (N, n_outputs), fp64.
+
+    Dense neighbours: dr_vec (N, K, 3), idx_j and pair_mask (N, K) (see data/batch.py).
+    """
 
     config: GMNNConfig
     stats: ModelStatistics
     n_outputs: int = 1
 
     @nn.compact
-    def __call__(self, dr_vec, Z, idx_i, idx_j, atom_mask, pair_mask):
+    def __call__(self, dr_vec, Z, idx_j, atom_mask, pair_mask):
         cfg, stats = self.config, self.stats
         dtype = network_dtype(cfg.precision)
         n_species = len(stats.elements)
         species = jnp.asarray(stats.species_table())[Z]
 
         features = GaussianMoments(cfg, n_species, stats.group_scale, dtype, name="representation")(
-            dr_vec, species, idx_i, idx_j, pair_mask, Z.shape[0]
+            dr_vec, species, idx_j, pair_mask
         )
         out = Readout(cfg.hidden, cfg.activation, self.n_outputs, dtype, name="readout")(features)
 
@@ -76,10 +79,10 @@ class EnergyModel(nn.Module):
         energies = scale_shift(out.astype(jnp.float64), species)
 
         if cfg.zbl is not None:
-            r = jnp.linalg.norm(jnp.where(pair_mask[:, None], dr_vec, 1.0), axis=-1)
+            r = jnp.linalg.norm(jnp.where(pair_mask[..., None], dr_vec, 1.0), axis=-1)
             z = Z.astype(jnp.float64)
-            pair = zbl_pair_energy(r, z[idx_i], z[idx_j], cfg.zbl.r_max) * pair_mask
-            energies = energies + 0.5 * jnp.zeros(Z.shape[0]).at[idx_i].add(pair)[:, None]
+            pair = zbl_pair_energy(r, z[:, None], z[idx_j], cfg.zbl.r_max) * pair_mask
+            energies = energies + 0.5 * jnp.sum(pair, axis=1)[:, None]  # each pair counted twice
         return energies * atom_mask[:, None]
 
 

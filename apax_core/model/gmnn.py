@@ -80,7 +80,11 @@ def _symmetric_uniform(key, shape, dtype):
 
 
 class GaussianMoments(nn.Module):
-    """(dr_vec, species, idx_i, idx_j, pair_mask) -> per-atom features (N, n_features).
+    """(dr_vec, species, idx_j, pair_mask) -> per-atom features (N, n_features).
+
+    Dense neighbours: dr_vec (N, K, 3), idx_j and pair_mask (N, K); moments are sums over the
+    K axis. Element-pair coefficients are selected by one-hot contractions, so the backward pass
+    has no scatter into the small coefficient table.
 
     ``group_scale`` multiplies each contraction group by a fixed factor (a data statistic, see
     :func:`apax_core.train.init.feature_scales`): products of two and three moments are orders
@@ -93,12 +97,12 @@ class GaussianMoments(nn.Module):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, dr_vec, species, idx_i, idx_j, pair_mask, n_atoms_pad: int):
+    def __call__(self, dr_vec, species, idx_j, pair_mask):
         cfg = self.config
-        # Padded pairs get a harmless unit vector so that no NaN reaches the gradient.
-        dr = jnp.where(pair_mask[:, None], dr_vec, 1.0).astype(self.dtype)
-        r = jnp.linalg.norm(dr, axis=-1)
-        unit = dr / r[:, None]
+        # Padded slots get a harmless unit vector so that no NaN reaches the gradient.
+        dr = jnp.where(pair_mask[..., None], dr_vec, 1.0).astype(self.dtype)
+        r = jnp.linalg.norm(dr, axis=-1)  # (N, K)
+        unit = dr / r[..., None]
 
         coeffs = self.param(
             "radial_coeffs",
@@ -106,20 +110,20 @@ class GaussianMoments(nn.Module):
             (self.n_species, self.n_species, cfg.n_radial, cfg.n_basis),
             self.dtype,
         )
-        basis = radial_basis(r, cfg)  # (P, K)
-        pair_coeffs = coeffs[species[idx_i], species[idx_j]]  # (P, S, K)
+        onehot = jax.nn.one_hot(species, self.n_species, dtype=self.dtype)  # (N, A)
         weight = cosine_cutoff(r, cfg.r_max) * pair_mask
-        radial = jnp.einsum("psk,pk->ps", pair_coeffs, basis) * weight[:, None]  # (P, S)
+        basis = radial_basis(r, cfg) * weight[..., None]  # (N, K, Q)
+        # R[n, k, s] = sum_q c[Z_n, Z_j, s, q] g_q(r_nk): pick Z_j, contract q, then pick Z_n.
+        per_j = jnp.einsum("nkb,nkq,absq->nkas", onehot[idx_j], basis, coeffs)
+        radial = jnp.einsum("na,nkas->nks", onehot, per_j)
 
-        def to_atoms(x):
-            return jax.ops.segment_sum(x, idx_i, num_segments=n_atoms_pad)
-
-        m0 = to_atoms(radial)
-        m1 = to_atoms(radial[:, :, None] * unit[:, None, :])
-        u2 = unit[:, :, None] * unit[:, None, :]
-        m2 = to_atoms(radial[:, :, None, None] * u2[:, None])
-        u3 = u2[:, :, :, None] * unit[:, None, None, :]
-        m3 = to_atoms(radial[:, :, None, None, None] * u3[:, None])
+        u1 = unit
+        u2 = unit[..., :, None] * unit[..., None, :]
+        u3 = u2[..., None] * unit[..., None, None, :]
+        m0 = jnp.sum(radial, axis=1)
+        m1 = jnp.einsum("nks,nkx->nsx", radial, u1)
+        m2 = jnp.einsum("nks,nkxy->nsxy", radial, u2)
+        m3 = jnp.einsum("nks,nkxyz->nsxyz", radial, u3)
         features = contractions(m0, m1, m2, m3, cfg.n_contr)
         if self.group_scale is None:
             return features

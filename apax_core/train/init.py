@@ -13,6 +13,7 @@ from apax_core.data import Dataset
 from apax_core.model import ModelStatistics
 from apax_core.model.gmnn import GaussianMoments, group_sizes
 from apax_core.precision import network_dtype
+from apax_core.transforms import pair_vectors
 
 
 def feature_scales(
@@ -25,8 +26,8 @@ def feature_scales(
 
     @jax.jit
     def descriptor(p, s):
-        dr = s.positions[s.idx_j] - s.positions[s.idx_i] + s.offsets
-        return rep.apply({"params": p}, dr, table[s.Z], s.idx_i, s.idx_j, s.pair_mask, s.Z.shape[0])
+        dr = pair_vectors(s.positions, s.offsets, s.idx_j, jnp.zeros((3, 3)))
+        return rep.apply({"params": p}, dr, table[s.Z], s.idx_j, s.pair_mask)
 
     rep_params = params["representation"]
     if config.ensemble is not None and config.ensemble.kind == "full":

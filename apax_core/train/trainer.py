@@ -21,10 +21,10 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from apax_core.config import TrainConfig
+from apax_core.config import FullEnsemble, TrainConfig
 from apax_core.data import Dataset, prefetch
 from apax_core.files import atomic_write
-from apax_core.model import build_model, init_params, make_apply
+from apax_core.model import build_model, init_params, make_apply, make_member_apply
 from apax_core.model_dir import save_config, save_params, save_stats
 from apax_core.precision import with_x64
 from apax_core.train.data import load_training_data
@@ -34,18 +34,43 @@ from apax_core.train.metrics import accumulate, error_sums, finalize
 from apax_core.train.optim import make_optimizer, schedule_factor
 from apax_core.train.state import TrainState, load_checkpoint, save_checkpoint
 from apax_core.train.warm_start import warm_start_params
-from apax_core.transforms import batched, energy_forces_stress
+from apax_core.transforms import batched, energy_forces_stress, ensemble_predict
 
 log = logging.getLogger(__name__)
 
 
-def make_steps(apply, config: TrainConfig, tx, labels: tuple[str, ...]):
+def prediction_fn(config: TrainConfig, apply, member_apply, stress: bool):
+    """(params, structure) -> predictions with exactly what the loss terms need.
+
+    Member forces (the expensive jacobian, eq. 6 right) only for a full ensemble or a
+    probabilistic force/stress term; otherwise the gradient of the mean energy.
+    """
+    ens = config.model.ensemble
+    members_needed = isinstance(ens, FullEnsemble) or any(
+        t.probabilistic and t.quantity != "energy" for t in config.loss
+    )
+    if ens is None:
+        return lambda p, s: energy_forces_stress(apply, p, s, stress=stress)
+    chunk = getattr(ens, "chunk_size", None)
+    return lambda p, s: ensemble_predict(
+        apply,
+        p,
+        s,
+        member_apply=member_apply,
+        chunk_size=chunk,
+        force_uncertainty=members_needed,
+        stress=stress,
+    )
+
+
+def make_steps(apply, member_apply, config: TrainConfig, tx, labels: tuple[str, ...]):
     """Jitted train and eval steps for one model and objective."""
-    stress = "stress" in labels
+    predict = batched(prediction_fn(config, apply, member_apply, "stress" in labels))
+    per_member = isinstance(config.model.ensemble, FullEnsemble)
 
     def loss_fn(params, batch):
-        pred = batched(lambda p, s: energy_forces_stress(apply, p, s, stress=stress))(params, batch)
-        return total_loss(config.loss, pred, batch), pred
+        pred = predict(params, batch)
+        return total_loss(config.loss, pred, batch, per_member=per_member), pred
 
     @jax.jit
     def train_step(params, opt_state, ema, ema_decay, batch):
@@ -124,8 +149,9 @@ def train(config: TrainConfig, *, checkpoint_dir: Path | None = None) -> Path:
 
     labels = tuple(sorted({t.quantity for t in config.loss} | set(config.data.labels)))
 
-    apply = make_apply(model)
-    train_step, eval_step = make_steps(apply, config, tx, labels)
+    train_step, eval_step = make_steps(
+        make_apply(model), make_member_apply(model), config, tx, labels
+    )
     lr_factor = schedule_factor(config.optimizer.schedule, steps_per_epoch, config.n_epochs)
     ema = config.ema
 
