@@ -3,6 +3,7 @@
     config.yaml       the validated training config
     statistics.json   elements and data statistics the model was built with
     params.msgpack    the parameters consumers use (best validation epoch; EMA weights if enabled)
+    calibration.json  optional post-hoc uncertainty calibration factors
 
 Paths inside are never absolute, so a moved or copied directory still loads.
 """
@@ -29,6 +30,7 @@ from apax_core.model import (
     make_member_apply,
 )
 from apax_core.precision import x64
+from apax_core.uq import Calibration
 
 CONFIG, STATS, PARAMS = "config.yaml", "statistics.json", "params.msgpack"
 
@@ -40,6 +42,8 @@ class Model:
     config: ModelConfig
     stats: ModelStatistics
     params: dict
+    calibration: Calibration = Calibration()
+    """Post-hoc factors for the ensemble spreads (calibration.json; 1 if never calibrated)."""
 
     @cached_property
     def module(self) -> EnergyModel:
@@ -86,4 +90,4 @@ def load_model(path: str | Path) -> Model:
     with x64():
         template = init_params(build_model(config, stats), jax.random.PRNGKey(0))
         params = serialization.from_bytes(template, (directory / PARAMS).read_bytes())
-    return Model(config, stats, params)
+    return Model(config, stats, params, Calibration.load(directory))

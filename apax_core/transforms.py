@@ -149,3 +149,22 @@ def ensemble_predict(
     for key, members in (("energy", energies), ("forces", forces), ("stress", stress)):
         out[key], out[f"{key}_uncertainty"] = mean_std(members)
     return out
+
+
+def calibrate(pred: dict, energy_factor, forces_factor) -> dict:
+    """Scale ensemble spreads by global factors (post-hoc calibration, paper sec. 2.2).
+
+    Members move away from their mean by the factor (E_m <- E + f (E_m - E)), so the reported
+    standard deviations and the members stay consistent. Stress is a derivative like forces
+    and shares the force factor.
+    """
+    out = dict(pred)
+    for key, factor in (("energy", energy_factor), ("forces", forces_factor),
+                        ("stress", forces_factor)):  # fmt: skip
+        if f"{key}_uncertainty" in out:
+            out[f"{key}_uncertainty"] = out[f"{key}_uncertainty"] * factor
+        if f"{key}_ensemble" in out:
+            members = out[f"{key}_ensemble"]
+            mean = jnp.mean(members, axis=-1, keepdims=True)
+            out[f"{key}_ensemble"] = mean + factor * (members - mean)
+    return out

@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
 
-from apax_core.config import GMNNConfig
+from apax_core.config import GMNNConfig, TrainConfig
+from apax_core.data import write_frames
 from apax_core.model import ModelStatistics, build_model, init_params
 from apax_core.model_dir import Model
 from apax_core.precision import x64
@@ -47,9 +49,37 @@ def emt_frames(n: int, seed: int = 0, size=(2, 2, 2), vacancy=True, rattle=0.08)
         atoms.get_potential_energy()
         atoms.get_forces()
         atoms.get_stress()
-        from ase.calculators.singlepoint import SinglePointCalculator
-
         results = {k: atoms.calc.results[k] for k in ("energy", "forces", "stress")}
         atoms.calc = SinglePointCalculator(atoms, **results)
         frames.append(atoms)
     return frames
+
+
+@pytest.fixture(scope="session")
+def data_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    files = {
+        "train": emt_frames(12, seed=10),
+        "val": emt_frames(4, seed=11),
+        "more": emt_frames(16, seed=12, rattle=0.12),
+    }
+    for name, frames in files.items():
+        write_frames(root / f"{name}.extxyz", frames)
+    return {name: root / f"{name}.extxyz" for name in files}
+
+
+def tiny_config(directory, data_files, n_epochs=3, **overrides) -> TrainConfig:
+    raw = {
+        "directory": str(directory),
+        "n_epochs": n_epochs,
+        "data": {
+            "train_file": str(data_files["train"]),
+            "val_file": str(data_files["val"]),
+            "batch_size": 4,
+            "val_batch_size": 4,
+        },
+        "model": dict(TINY),
+        "progress_bar": False,
+        **overrides,
+    }
+    return TrainConfig.model_validate(raw)

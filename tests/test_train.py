@@ -15,10 +15,10 @@ import jax
 import numpy as np
 import pytest
 import yaml
-from conftest import TINY, emt_frames
+from conftest import TINY, emt_frames, tiny_config
 from flax import serialization
 
-from apax_core.config import LossTerm, TrainConfig
+from apax_core.config import LossTerm
 from apax_core.data import DataError, collate, from_atoms, neighbour_list, write_frames
 from apax_core.evaluate import evaluate
 from apax_core.model_dir import load_model
@@ -88,36 +88,6 @@ def test_schedules():
 
 
 # ------------------------------------------------------------------------------- real training
-
-
-@pytest.fixture(scope="session")
-def data_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    files = {
-        "train": emt_frames(12, seed=10),
-        "val": emt_frames(4, seed=11),
-        "more": emt_frames(16, seed=12, rattle=0.12),
-    }
-    for name, frames in files.items():
-        write_frames(root / f"{name}.extxyz", frames)
-    return {name: root / f"{name}.extxyz" for name in files}
-
-
-def tiny_config(directory, data_files, n_epochs=3, **overrides) -> TrainConfig:
-    raw = {
-        "directory": str(directory),
-        "n_epochs": n_epochs,
-        "data": {
-            "train_file": str(data_files["train"]),
-            "val_file": str(data_files["val"]),
-            "batch_size": 4,
-            "val_batch_size": 4,
-        },
-        "model": dict(TINY),
-        "progress_bar": False,
-        **overrides,
-    }
-    return TrainConfig.model_validate(raw)
 
 
 @pytest.fixture(scope="session")

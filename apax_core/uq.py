@@ -1,0 +1,137 @@
+"""Post-hoc calibration of ensemble uncertainties and metrics of their quality.
+
+All uncertainties are standard deviations. The calibration factors minimise the Gaussian NLL of
+the validation errors under sigma -> f sigma, which has the closed form f^2 = mean(err^2/sigma^2).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.special import erfinv
+from scipy.stats import spearmanr
+
+from apax_core.data import Structure
+from apax_core.files import atomic_write
+
+CALIBRATION = "calibration.json"
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """Global factors applied to energy and force (and stress) standard deviations."""
+
+    energy: float = 1.0
+    forces: float = 1.0
+
+    def save(self, directory: Path) -> None:
+        atomic_write(Path(directory) / CALIBRATION, json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> Calibration:
+        path = Path(directory) / CALIBRATION
+        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+
+
+def errors_and_sigmas(preds: list[dict], structures: Sequence[Structure], quantity: str):
+    """Flattened errors and predicted standard deviations; energies per atom."""
+    err, sig = [], []
+    for p, s in zip(preds, structures, strict=True):
+        if quantity == "energy":
+            err.append([(p["energy"] - s.energy) / s.n_atoms])
+            sig.append([p["energy_uncertainty"] / s.n_atoms])
+        else:
+            err.append(np.ravel(p["forces"] - s.forces))
+            sig.append(np.ravel(p["forces_uncertainty"]))
+    return np.concatenate(err), np.concatenate(sig)
+
+
+def fit_calibration(preds: list[dict], structures: Sequence[Structure]) -> Calibration:
+    """Factors that minimise the NLL on (validation) predictions made with factors 1."""
+
+    def factor(q):
+        e, s = errors_and_sigmas(preds, structures, q)
+        return float(np.sqrt(np.mean(e**2 / np.maximum(s, 1e-12) ** 2)))
+
+    return Calibration(energy=factor("energy"), forces=factor("forces"))
+
+
+def gaussian_nll(err, sigma) -> float:
+    var = np.maximum(sigma, 1e-12) ** 2
+    return float(np.mean(0.5 * (np.log(2 * np.pi * var) + err**2 / var)))
+
+
+def coverage_curve(err, sigma, n_levels: int = 99):
+    """Expected vs observed fraction of errors inside central Gaussian intervals."""
+    expected = np.linspace(0.01, 0.99, n_levels)
+    z = np.sqrt(2.0) * erfinv(expected)  # half-width of the central interval, in sigmas
+    observed = np.array([np.mean(np.abs(err) <= q * sigma) for q in z])
+    return expected, observed
+
+
+def miscalibration_area(err, sigma) -> float:
+    """Mean |observed - expected| coverage over levels in (0, 1): 0 is perfectly calibrated."""
+    expected, observed = coverage_curve(err, sigma)
+    return float(np.mean(np.abs(observed - expected)))
+
+
+def per_structure_forces(preds, structures):
+    """Per-structure force RMSE and RMS predicted force uncertainty."""
+    rmse = [
+        np.sqrt(np.mean((p["forces"] - s.forces) ** 2))
+        for p, s in zip(preds, structures, strict=True)
+    ]
+    unc = [np.sqrt(np.mean(p["forces_uncertainty"] ** 2)) for p in preds]
+    return np.array(rmse), np.array(unc)
+
+
+def uncertainty_metrics(preds: list[dict], structures: Sequence[Structure]) -> dict[str, float]:
+    """NLL, miscalibration area, mean squared z-score and Spearman rho of |error| vs sigma."""
+    out = {}
+    for q in ("energy", "forces"):
+        e, s = errors_and_sigmas(preds, structures, q)
+        out[f"nll_{q}"] = gaussian_nll(e, s)
+        out[f"miscal_area_{q}"] = miscalibration_area(e, s)
+        out[f"mean_z2_{q}"] = float(np.mean(e**2 / np.maximum(s, 1e-12) ** 2))
+        out[f"spearman_{q}_per_{'structure' if q == 'energy' else 'atom'}"] = float(
+            spearmanr(np.abs(e), s).statistic
+        )
+    rmse, unc = per_structure_forces(preds, structures)
+    out["spearman_forces"] = float(spearmanr(rmse, unc).statistic)
+    return out
+
+
+def reliability_diagram(preds, structures, quantity: str, path_stem: Path) -> None:
+    """Coverage curve as CSV (for dvc plots) and PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    e, s = errors_and_sigmas(preds, structures, quantity)
+    expected, observed = coverage_curve(e, s)
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["expected", "observed"])
+    writer.writerows(zip(expected.round(4), observed.round(4), strict=True))
+    atomic_write(path_stem.with_suffix(".csv"), buf.getvalue())
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
+    ax.plot(expected, observed, lw=2, label=quantity)
+    ax.set(
+        xlabel="expected coverage",
+        ylabel="observed coverage",
+        title=f"miscalibration area {miscalibration_area(e, s):.3f}",
+    )
+    ax.legend()
+    fig.tight_layout()
+    tmp = path_stem.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path_stem.with_suffix(".png"))

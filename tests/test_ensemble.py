@@ -1,0 +1,152 @@
+"""Ensembles and uncertainty: closed forms, consistency across kinds, calibration, training."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from conftest import TINY, emt_frames, make_model, tiny_config
+from scipy import integrate
+from scipy.stats import norm
+
+from apax_core.config import LossTerm
+from apax_core.data import from_atoms, read_frames
+from apax_core.model_dir import load_model
+from apax_core.precision import x64
+from apax_core.predict import predict
+from apax_core.train.losses import crps, nll
+from apax_core.train.trainer import train
+from apax_core.transforms import ENSEMBLE_DDOF, calibrate
+from apax_core.uq import Calibration, fit_calibration, miscalibration_area, uncertainty_metrics
+
+TERM = LossTerm(quantity="forces")
+
+
+def test_nll_and_crps_match_closed_forms():
+    rng = np.random.default_rng(0)
+    err, sigma = rng.normal(size=20), rng.uniform(0.2, 2.0, size=20)
+    with x64():
+        got_nll = np.asarray(nll(err, sigma, TERM))
+        got_crps = np.asarray(crps(err, sigma, TERM))
+    np.testing.assert_allclose(got_nll, -norm.logpdf(err, 0.0, sigma), rtol=1e-12)
+    # CRPS = integral of (F(x) - 1[x >= y])^2 for a Gaussian forecast F centred at the error.
+    for e, s, c in zip(err[:5], sigma[:5], got_crps[:5], strict=True):
+        below, _ = integrate.quad(lambda x, e=e, s=s: norm.cdf(x, e, s) ** 2, -np.inf, 0.0)
+        above, _ = integrate.quad(lambda x, e=e, s=s: (1 - norm.cdf(x, e, s)) ** 2, 0.0, np.inf)
+        assert c == pytest.approx(below + above, rel=1e-7)
+
+
+ENSEMBLES = [
+    {"kind": "shallow", "n_members": 5, "chunk_size": 2},
+    {"kind": "full", "n_members": 3},
+]
+
+
+@pytest.fixture(scope="module")
+def cells():
+    return [from_atoms(a) for a in emt_frames(2, seed=5, size=(1, 1, 1))]
+
+
+@pytest.mark.parametrize("ensemble", ENSEMBLES, ids=lambda e: e["kind"])
+def test_kinds_share_keys_ddof_and_mean_force(ensemble, cells):
+    model = make_model(elements=(29,), ensemble=ensemble)
+    rich = predict(model, cells, uncertainty=True)
+    cheap = predict(model, cells, uncertainty=False)
+    keys = {"energy", "forces", "stress", "energy_ensemble", "forces_ensemble", "stress_ensemble",
+            "energy_uncertainty", "forces_uncertainty", "stress_uncertainty"}  # fmt: skip
+    for r, c in zip(rich, cheap, strict=True):
+        assert set(r) == keys
+        m = ensemble["n_members"]
+        assert r["energy_ensemble"].shape == (m,) and r["forces_ensemble"].shape[-1] == m
+        assert r["energy_uncertainty"] == pytest.approx(np.std(r["energy_ensemble"], ddof=1))
+        np.testing.assert_allclose(
+            r["forces_uncertainty"], np.std(r["forces_ensemble"], axis=-1, ddof=ENSEMBLE_DDOF)
+        )
+        # Mean-force mode (gradient of the mean energy) == mean of the member forces (eq. 6).
+        np.testing.assert_allclose(c["forces"], r["forces_ensemble"].mean(-1), atol=1e-12)
+        np.testing.assert_allclose(c["forces"], r["forces"], atol=1e-12)
+        assert np.all(r["forces_uncertainty"] > 0)
+
+
+def test_chunked_force_jacobian_equals_unchunked(cells):
+    chunked = make_model(elements=(29,), ensemble=ENSEMBLES[0])
+    whole = make_model(elements=(29,), ensemble={**ENSEMBLES[0], "chunk_size": None})
+    a = predict(chunked, cells, uncertainty=True)[0]
+    b = predict(whole, cells, uncertainty=True)[0]
+    np.testing.assert_allclose(a["forces_ensemble"], b["forces_ensemble"], atol=1e-12)
+
+
+def toy_predictions(rng, n, overconfidence=1.0):
+    """Errors drawn from N(0, sigma) while the model reports sigma / overconfidence."""
+    preds, structures = [], []
+    for s in (from_atoms(a) for a in emt_frames(n, seed=7, size=(1, 1, 1))):
+        sig_e, sig_f = rng.uniform(0.01, 0.1), rng.uniform(0.01, 0.2, size=s.forces.shape)
+        preds.append({
+            "energy": s.energy + rng.normal() * sig_e, "energy_uncertainty": sig_e / overconfidence,
+            "forces": s.forces + rng.normal(size=sig_f.shape) * sig_f,
+            "forces_uncertainty": sig_f / overconfidence,
+        })  # fmt: skip
+        structures.append(s)
+    return preds, structures
+
+
+def test_calibration_of_a_calibrated_set_is_one_and_fixes_an_overconfident_one():
+    rng = np.random.default_rng(1)
+    preds, structures = toy_predictions(rng, 200)
+    cal = fit_calibration(preds, structures)
+    assert cal.energy == pytest.approx(1.0, abs=0.12) and cal.forces == pytest.approx(1.0, abs=0.02)
+    metrics = uncertainty_metrics(preds, structures)
+    assert metrics["miscal_area_forces"] < 0.02
+    assert metrics["mean_z2_forces"] == pytest.approx(1.0, abs=0.05)
+
+    over, structures = toy_predictions(np.random.default_rng(2), 200, overconfidence=3.0)
+    cal = fit_calibration(over, structures)
+    assert cal.forces == pytest.approx(3.0, rel=0.03)
+    e, s = (np.concatenate([np.ravel(p["forces"] - t.forces) for p, t in zip(over, structures,
+                                                                            strict=True)]),
+            np.concatenate([np.ravel(p["forces_uncertainty"]) for p in over]))  # fmt: skip
+    assert miscalibration_area(e, s) > 0.2
+    assert miscalibration_area(e, cal.forces * s) < 0.02
+
+
+def test_calibration_scales_members_and_spread_consistently():
+    members = np.array([1.0, 2.0, 4.0])
+    pred = {"energy": members.mean(), "energy_ensemble": members,
+            "energy_uncertainty": np.std(members, ddof=1)}  # fmt: skip
+    out = calibrate(pred, 2.0, 1.0)
+    assert np.mean(out["energy_ensemble"]) == pytest.approx(members.mean())
+    assert out["energy_uncertainty"] == pytest.approx(np.std(out["energy_ensemble"], ddof=1))
+
+
+@pytest.mark.parametrize(
+    ("ensemble", "loss"),
+    [
+        (ENSEMBLES[0], [{"quantity": "energy", "kind": "crps", "atoms_exponent": 1.0},
+                        {"quantity": "forces", "kind": "crps"}]),
+        (ENSEMBLES[1], [{"quantity": "energy", "atoms_exponent": 1.0, "weight": 10.0},
+                        {"quantity": "forces"}]),
+    ],
+    ids=["shallow_crps", "full_mse"],
+)  # fmt: skip
+def test_ensembles_train_and_calibrate(ensemble, loss, data_files, tmp_path):
+    config = tiny_config(tmp_path / "m", data_files, n_epochs=3,
+                         model={**TINY, "ensemble": ensemble}, loss=loss)  # fmt: skip
+    directory = train(config)
+    model = load_model(directory)
+    if ensemble["kind"] == "full":  # members are independent parameter sets
+        kernels = model.params["readout"]["dense_1"]["kernel"]
+        assert kernels.shape[0] == 3 and not np.allclose(kernels[0], kernels[1])
+    val = [from_atoms(a) for a in read_frames(data_files["val"])]
+    preds = predict(model, val, uncertainty=True)
+    cal = fit_calibration(preds, val)
+    assert cal.forces > 0 and np.isfinite(cal.energy)
+    cal.save(directory)
+    calibrated = predict(load_model(directory), val, uncertainty=True)
+    np.testing.assert_allclose(
+        calibrated[0]["forces_uncertainty"], cal.forces * preds[0]["forces_uncertainty"], rtol=1e-5
+    )
+    assert Calibration.load(directory) == cal
+    with open(directory / "log.csv") as fh:
+        losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
+    assert losses[-1] < losses[0]
