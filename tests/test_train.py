@@ -247,3 +247,17 @@ def test_template_is_valid_and_validate_accepts_it(tmp_path, data_files):
         (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
         out = run_cli("validate", "train", str(tmp_path / "t.yaml"))
         assert out.returncode == 0, out.stderr
+
+
+def test_checkpoint_of_a_different_run_is_not_resumed(data_files, tmp_path):
+    first = tiny_config(tmp_path / "m", data_files, n_epochs=2)
+    train(first)
+    rows = read_log(tmp_path / "m")
+    # Same directory, same epoch count, other seed: the old state must not be continued.
+    train(tiny_config(tmp_path / "m", data_files, n_epochs=2, seed=7))
+    again = read_log(tmp_path / "m")
+    assert [int(r["epoch"]) for r in again] == [1, 2]
+    assert again[0]["val_loss"] != rows[0]["val_loss"]
+    # And the unchanged config resumes: nothing left to do, the log is kept as it is.
+    train(tiny_config(tmp_path / "m", data_files, n_epochs=2, seed=7))
+    assert read_log(tmp_path / "m") == again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,15 @@ class TrainingData:
     stats: ModelStatistics
     base: Model | None
     """The warm-start base model, if any."""
+
+    def fingerprint(self) -> str:
+        """Hash of every array the run learns from: a checkpoint resumes only the same data."""
+        h = hashlib.sha256()
+        for s in (*self.train, *self.val):
+            for a in (s.Z, s.positions, s.cell, s.energy, s.forces, s.stress):
+                if a is not None:
+                    h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
 
 
 def read_structures(path: Path, labels: list[str]) -> list[Structure]:
@@ -73,13 +83,26 @@ def model_elements(config: TrainConfig, structures: list[Structure], base: Model
     return tuple(sorted({int(z) for s in structures for z in s.Z}))
 
 
-def load_training_data(config: TrainConfig) -> TrainingData:
+def load_training_data(
+    config: TrainConfig, structures: tuple[list[Structure], list[Structure] | None] | None = None
+) -> TrainingData:
+    """Read (or take) the training and validation structures, the base model of a warm start,
+    and the statistics; every check that can fail does so here.
+
+    ``structures`` replaces the files named in the config (workflow nodes pass their frames);
+    a validation list of None means: hold out ``val_fraction``.
+    """
     labels = sorted({t.quantity for t in config.loss} | set(config.data.labels))
     cfg = config.data
-    train = read_structures(cfg.train_file, labels)
-    if cfg.val_file is not None:
-        val = read_structures(cfg.val_file, labels)
+    if structures is None:
+        train = read_structures(cfg.train_file, labels)
+        val = read_structures(cfg.val_file, labels) if cfg.val_file is not None else None
     else:
+        train, val = structures
+        check_labels(train, labels, str(cfg.train_file))
+        if val is not None:
+            check_labels(val, labels, str(cfg.val_file or cfg.train_file))
+    if val is None:
         train, val = split(train, cfg.val_fraction, cfg.shuffle_seed)
 
     base = None
@@ -97,6 +120,8 @@ def load_training_data(config: TrainConfig) -> TrainingData:
     elements = model_elements(config, train + val, base)
     species_index(train, elements, str(cfg.train_file))
     species_index(val, elements, str(cfg.val_file or cfg.train_file))
+    if not train or not val:
+        raise DataError(f"{cfg.train_file}: no structures to train on")
 
     if base is None:
         stats = data_statistics(train, elements)

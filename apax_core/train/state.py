@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ from flax import serialization, struct
 from apax_core.files import atomic_write
 
 LATEST = "latest.msgpack"
+log = logging.getLogger(__name__)
 
 
 @struct.dataclass
@@ -27,8 +29,9 @@ class TrainState:
     """One dict of metrics per completed epoch."""
 
 
-def save_checkpoint(directory: Path, state: TrainState) -> None:
+def save_checkpoint(directory: Path, state: TrainState, run_id: str) -> None:
     payload = {
+        "run_id": run_id,
         "arrays": serialization.to_state_dict(
             {"params": state.params, "opt_state": state.opt_state, "ema": state.ema}
         ),
@@ -40,12 +43,16 @@ def save_checkpoint(directory: Path, state: TrainState) -> None:
     atomic_write(directory / LATEST, serialization.msgpack_serialize(payload))
 
 
-def load_checkpoint(directory: Path, template: TrainState) -> TrainState | None:
-    """The latest checkpoint restored into ``template``'s structure, or None if there is none."""
+def load_checkpoint(directory: Path, template: TrainState, run_id: str) -> TrainState | None:
+    """The latest checkpoint restored into ``template``'s structure; None if there is none or it
+    belongs to another run (other config or data): that one is not resumed."""
     path = directory / LATEST
     if not path.is_file():
         return None
     payload = serialization.msgpack_restore(path.read_bytes())
+    if payload.get("run_id") != run_id:
+        log.warning("%s belongs to a different config or data set; starting afresh", path)
+        return None
     arrays = serialization.from_state_dict(
         {"params": template.params, "opt_state": template.opt_state, "ema": template.ema},
         payload["arrays"],

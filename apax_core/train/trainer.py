@@ -22,7 +22,7 @@ import optax
 from tqdm import tqdm
 
 from apax_core.config import FullEnsemble, TrainConfig
-from apax_core.data import Dataset, prefetch
+from apax_core.data import Dataset, Structure, prefetch
 from apax_core.files import atomic_write
 from apax_core.model import build_model, init_params, make_apply, make_member_apply
 from apax_core.model_dir import save_config, save_params, save_stats
@@ -117,11 +117,20 @@ def write_log(directory: Path, rows: tuple[dict, ...]) -> None:
 
 
 @with_x64
-def train(config: TrainConfig, *, checkpoint_dir: Path | None = None) -> Path:
-    """Train (or resume training) and return the model directory."""
+def train(
+    config: TrainConfig,
+    *,
+    checkpoint_dir: Path | None = None,
+    structures: tuple[list[Structure], list[Structure] | None] | None = None,
+) -> Path:
+    """Train (or resume training) and return the model directory.
+
+    ``checkpoint_dir`` (default: inside the model directory) holds the resume state; a workflow
+    keeps it where a rerun finds it. ``structures`` (train, val) replace the config's files.
+    """
     directory = Path(config.directory)
     checkpoint_dir = Path(checkpoint_dir or directory / "checkpoint")
-    data = load_training_data(config)  # every input error is raised here, before any work
+    data = load_training_data(config, structures)  # every input error is raised here
     train_ds = Dataset(data.train, config.model.r_max)
     val_ds = Dataset(data.val, config.model.r_max)
 
@@ -140,7 +149,8 @@ def train(config: TrainConfig, *, checkpoint_dir: Path | None = None) -> Path:
     steps_per_epoch = train_ds.n_batches(bs)
     tx = make_optimizer(config.optimizer, steps_per_epoch, config.n_epochs, frozen)
     state = TrainState(params=params, opt_state=tx.init(params), ema=params)
-    resumed = load_checkpoint(checkpoint_dir, state)
+    run_id = run_identity(config, data)
+    resumed = load_checkpoint(checkpoint_dir, state, run_id)
     if resumed is not None:
         log.info("resuming %s after epoch %d", directory, resumed.epoch)
         state = resumed
@@ -195,7 +205,7 @@ def train(config: TrainConfig, *, checkpoint_dir: Path | None = None) -> Path:
             save_params(directory, eval_params)
             state = state.replace(best_loss=row["val_loss"], best_epoch=epoch)
             _write_best_metrics(directory, row)
-        save_checkpoint(checkpoint_dir, state)
+        save_checkpoint(checkpoint_dir, state, run_id)
         write_log(directory, state.log)
         bar.set_postfix(
             val_loss=f"{row['val_loss']:.3g}",
@@ -204,6 +214,12 @@ def train(config: TrainConfig, *, checkpoint_dir: Path | None = None) -> Path:
     if not (directory / "params.msgpack").is_file():  # zero epochs run: keep the start point
         save_params(directory, state.ema if ema else state.params)
     return directory
+
+
+def run_identity(config: TrainConfig, data) -> str:
+    """What a checkpoint must match to be resumed: the config (bar cosmetics) and the data."""
+    settings = config.model_dump(mode="json", exclude={"progress_bar", "directory"})
+    return json.dumps({"config": settings, "data": data.fingerprint()}, sort_keys=True)
 
 
 def _write_best_metrics(directory: Path, row: dict) -> None:
