@@ -1,0 +1,30 @@
+"""ZnTrack nodes for active learning with apax_core. One small file per node; no numerics here."""
+
+from apax_nodes.calibrate import Calibrate
+from apax_nodes.data import Bootstrap, BuildBulk, LoadData, Split
+from apax_nodes.dataset import Dataset
+from apax_nodes.evaluate import Evaluate
+from apax_nodes.label import EMTLabeller, GenericLabeller, Label, LJLabeller
+from apax_nodes.train import Train
+
+__all__ = [
+    "Bootstrap",
+    "BuildBulk",
+    "Calibrate",
+    "Dataset",
+    "EMTLabeller",
+    "Evaluate",
+    "GenericLabeller",
+    "LJLabeller",
+    "Label",
+    "LoadData",
+    "Split",
+    "Train",
+]
+
+NODES = [n for n in __all__ if not n.endswith("Labeller")]
+
+
+def nodes() -> dict[str, list[str]]:
+    """The ``zntrack.nodes`` entry point: {module: [node names]}, as IPSuite and mlipx return."""
+    return {"apax_nodes": NODES}

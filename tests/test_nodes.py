@@ -1,0 +1,142 @@
+"""Workflow nodes in real git + DVC repositories (tiny models, EMT labels)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zntrack
+from conftest import TINY
+
+import apax_nodes as an
+from apax_nodes.project import build
+
+TRAIN = {
+    "n_epochs": 4,
+    "model": dict(TINY),
+    "data": {"batch_size": 4, "val_batch_size": 4},
+    "loss": [{"quantity": "energy", "weight": 10.0, "atoms_exponent": 1.0},
+             {"quantity": "forces"}],
+}  # fmt: skip
+
+
+def sh(*cmd, cwd=None):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=cwd).stdout
+
+
+def init_repo(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    sh("git", "init", "-q", cwd=path)
+    sh("git", "config", "user.email", "test@example.com", cwd=path)
+    sh("git", "config", "user.name", "test", cwd=path)
+    sh("dvc", "init", "-q", cwd=path)
+    return path
+
+
+def commit(path: Path, message: str) -> str:
+    sh("git", "add", "-A", cwd=path)
+    sh("git", "commit", "-qm", message, cwd=path)
+    return sh("git", "rev-parse", "HEAD", cwd=path).strip()
+
+
+def repro(path: Path) -> str:
+    return sh("dvc", "repro", cwd=path)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """Two iterations: seed data -> Train -> Evaluate, then Dataset -> warm-started Train."""
+    root = init_repo(tmp_path_factory.mktemp("repo") / "project")
+    with inside(root):
+        project = zntrack.Project()
+        with project.group("data"):
+            crystal = an.BuildBulk(element="Cu", repeat=[2, 2, 2], vacancies=1)
+            boot = an.Bootstrap(data=crystal.frames, n=12, rattle=0.08, seed=0)
+            labelled = an.Label(data=boot.frames, labeller=an.EMTLabeller())
+            split = an.Split(data=labelled.frames, fractions=[0.75, 0.25, 0.0])
+            more = an.Bootstrap(data=crystal.frames, n=6, rattle=0.12, seed=1, name="More")
+            more_labelled = an.Label(data=more.frames, labeller=an.EMTLabeller(), name="MoreLabel")
+        with project.group("iter0"):
+            train0 = an.Train(data=split.frames, validation_data=split.val_frames, config=TRAIN)
+            an.Evaluate(model=train0, data=more_labelled.frames)
+        with project.group("iter1"):
+            dataset = an.Dataset(previous=split, new=more_labelled.frames)
+            warm = {**TRAIN, "warm_start": {"freeze": ["radial"]}}
+            an.Train(data=dataset.frames, validation_data=split.val_frames, model=train0,
+                     config=warm)  # fmt: skip
+        build(project)
+        repro(root)
+        commit(root, "two iterations")
+    return root
+
+
+@contextlib.contextmanager
+def inside(path: Path):
+    """Nodes loaded with from_rev read lazily, relative to the working directory."""
+    cwd = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+
+
+def test_second_train_starts_from_the_first(repo):
+    with inside(repo):
+        first, second = zntrack.from_rev("iter0_Train"), zntrack.from_rev("iter1_Train")
+        a, b = first.get_model(), second.get_model()
+        n_first, n_second = first.metrics["n_train"], second.metrics["n_train"]
+        n_dataset = len(zntrack.from_rev("iter1_Dataset").frames)
+    coeffs = ("representation", "radial_coeffs")
+    # Radial coefficients frozen in the warm start: bit-identical to the first model's ...
+    assert np.array_equal(a.params[coeffs[0]][coeffs[1]], b.params[coeffs[0]][coeffs[1]])
+    # ... while the readout continued training, on the grown dataset.
+    assert not np.array_equal(a.params["readout"]["dense_1"]["kernel"],
+                              b.params["readout"]["dense_1"]["kernel"])  # fmt: skip
+    assert n_second == n_first + 6 and n_dataset == 9 + 6
+
+
+def test_metrics_show_lists_results_not_node_meta(repo):
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo))
+    files = {f for rev in shown.values() for f in rev["data"]}
+    assert files and not any("node-meta" in f for f in files)
+    assert any(f.endswith("iter0/Evaluate/metrics.json") for f in files)
+    with inside(repo):
+        assert zntrack.from_rev("iter0_Evaluate").metrics["forces_mae"] > 0
+    assert (repo / "nodes/iter0/Evaluate/plots/force_parity.png").is_file()
+
+
+def test_dvc_yaml_grows_by_one_dataset_dependency_per_iteration(repo):
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    deps = stages["iter1_Train"]["deps"]
+    assert not any("data/Label/" in d for d in deps)  # only through the Dataset node
+    assert any("iter1/Dataset/frames.h5" in d for d in deps)
+    assert any("iter0/Train/model" in d for d in deps)  # the warm start
+
+
+def test_labelling_failures_are_recorded(tmp_path):
+    from ase.build import bulk
+
+    from apax_core.data import write_frames
+
+    root = init_repo(tmp_path / "p")
+    # EMT has no parameters for Si: that structure fails, the copper ones are labelled.
+    write_frames(root / "mixed.extxyz", [bulk("Cu", cubic=True), bulk("Si"), bulk("Cu")])
+    with inside(root):
+        project = zntrack.Project()
+        with project:
+            loaded = an.LoadData(file="mixed.extxyz")
+            an.Label(data=loaded.frames, labeller=an.EMTLabeller())
+        build(project)
+        repro(root)
+        node = zntrack.from_rev("Label")
+        assert node.metrics == {"n_labelled": 2, "n_failed": 1}
+        assert [f["index"] for f in node.failures] == [1]
+        assert "Si" in node.failures[0]["error"] or "Error" in node.failures[0]["error"]
+        assert len(node.frames) == 2 and node.frames[0].get_stress().shape == (6,)
