@@ -1,4 +1,4 @@
-"""Command line: ``apax-core train | eval | validate | template``."""
+"""Command line: ``apax-core train | eval | select | md | validate | template``."""
 
 from __future__ import annotations
 
@@ -27,6 +27,27 @@ model:
 """
 
 
+MINIMAL_MD = """\
+# apax-core MD config: the minimal form. `apax-core template md --full` lists every option.
+# Run: apax-core md MODEL_DIR md.yaml --structure start.extxyz --directory md
+dynamics:
+  kind: nvt                       # nve | nvt (Nose-Hoover chain) | langevin
+  thermostat: {chain_length: 3, chain_steps: 2, sy_steps: 3, tau: 100}  # tau in steps
+temperature:
+  kind: oscillating               # constant {T} | piecewise {times, temperatures} | oscillating
+  T_low: 300
+  T_high: 600
+  period: 10000                   # fs
+dt: 0.5                           # fs
+duration: 100000                  # fs
+n_inner: 500                      # steps per compiled chunk
+sampling_rate: 10                 # keep a frame every 10 steps
+checks:                           # stop when the model is unsure (needs an ensemble)
+  - {kind: forces_uncertainty, threshold: 1.0}
+traj_name: md.h5
+"""
+
+
 def _cmd_validate(args) -> int:
     try:
         config = load_config(args.config, TrainConfig)
@@ -47,6 +68,15 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_template(args) -> int:
+    if args.kind == "md":
+        from apax_core.config.md import MDConfig
+
+        if args.full:
+            example = MDConfig(duration=100_000.0)
+            print(yaml.safe_dump(example.model_dump(mode="json"), sort_keys=False), end="")
+        else:
+            print(MINIMAL_MD, end="")
+        return 0
     if args.full:
         example = TrainConfig(
             directory="models/my_model",
@@ -92,6 +122,75 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _select_method(args):
+    from apax_core.config import MaxDistance, MaxUncertainty, RandomSelection
+
+    if args.method == "random":
+        return RandomSelection(seed=args.seed)
+    if args.method == "max_uncertainty":
+        return MaxUncertainty(quantity=args.quantity, min_spacing=args.min_spacing)
+    return MaxDistance(
+        feature_map=args.feature_map,
+        projection_dim=args.projection_dim,
+        projection_seed=args.seed,
+        min_distance=args.min_distance,
+    )
+
+
+def _cmd_select(args) -> int:
+    from apax_core.data import from_atoms, read_frames, write_frames
+    from apax_core.files import atomic_write
+    from apax_core.model_dir import load_model
+    from apax_core.select import select, write_diagnostics
+
+    try:
+        method = _select_method(args)
+        train_frames, pool_frames = read_frames(args.train), read_frames(args.pool)
+        model = load_model(args.model)
+        selection = select(
+            model,
+            [from_atoms(a) for a in train_frames],
+            [from_atoms(a) for a in pool_frames],
+            args.n,
+            method,
+            batch_size=args.batch_size,
+            rank_all=not args.no_curve,
+            progress=True,
+        )
+    except (ValueError, FileNotFoundError) as err:  # bad input: one clear message
+        print(err, file=sys.stderr)
+        return 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_frames(out / "selected.extxyz", [pool_frames[i] for i in selection.indices])
+    summary = {"n_train": len(train_frames), "n_pool": len(pool_frames), **selection.to_json()}
+    atomic_write(out / "selection.json", json.dumps(summary, indent=2))
+    write_diagnostics(selection, out)
+    print(f"{'pick':>5}{'index':>8}{selection.score_name:>22}")
+    for k, (i, v) in enumerate(zip(selection.indices, selection.scores, strict=True)):
+        print(f"{k + 1:>5}{int(i):>8}{float(v):>22.6g}")
+    print(f"selected {len(selection.indices)} of {len(pool_frames)}; wrote {out}")
+    return 0
+
+
+def _cmd_md(args) -> int:
+    from apax_core.config.md import MDConfig
+    from apax_core.data import read_frames
+    from apax_core.md import run_md
+    from apax_core.model_dir import load_model
+
+    try:
+        config = load_config(args.config, MDConfig)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 1
+    model = load_model(args.model)
+    atoms = read_frames(args.structure)[args.index]
+    result = run_md(model, atoms, config, Path(args.directory))
+    print(json.dumps({"trajectory": str(result.trajectory), **result.status}, indent=2))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="apax-core", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -102,7 +201,7 @@ def parser() -> argparse.ArgumentParser:
     v.set_defaults(fn=_cmd_validate)
 
     t = sub.add_parser("template", help="print a config template")
-    t.add_argument("kind", choices=["train"])
+    t.add_argument("kind", choices=["train", "md"])
     t.add_argument("--full", action="store_true", help="every option with its default")
     t.set_defaults(fn=_cmd_template)
 
@@ -116,6 +215,35 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--json", help="where to write the metrics (default: MODEL/eval_DATA.json)")
     e.set_defaults(fn=_cmd_eval)
+
+    m = sub.add_parser("md", help="molecular dynamics with the JAX engine (resumes if interrupted)")
+    m.add_argument("model", help="model directory")
+    m.add_argument("config", help="MD config (YAML); see `apax-core template md`")
+    m.add_argument("--structure", required=True, help="file holding the initial structure")
+    m.add_argument("--index", type=int, default=-1, help="which frame of --structure (default -1)")
+    m.add_argument("--directory", default="md", help="run directory (trajectory, checkpoint)")
+    m.set_defaults(fn=_cmd_md)
+
+    se = sub.add_parser("select", help="choose pool structures to label next (batch selection)")
+    se.add_argument("model", help="model directory")
+    se.add_argument("train", help="training structures (selection avoids their neighbourhood)")
+    se.add_argument("pool", help="candidate structures")
+    se.add_argument("-n", type=int, required=True, help="how many structures to select")
+    se.add_argument("--method", default="max_distance",
+                    choices=["max_distance", "random", "max_uncertainty"])  # fmt: skip
+    se.add_argument("--feature-map", default="last_layer_gradient",
+                    choices=["last_layer_gradient", "descriptor_mean"])  # fmt: skip
+    se.add_argument("--projection-dim", type=int, help="random projection to this dimension")
+    se.add_argument("--min-distance", type=float, help="stop below this feature distance")
+    se.add_argument("--seed", type=int, default=0, help="random selection / projection seed")
+    se.add_argument("--quantity", default="energy", choices=["energy", "forces"],
+                    help="uncertainty used by max_uncertainty")  # fmt: skip
+    se.add_argument("--min-spacing", type=int, default=1, help="max_uncertainty: index spacing")
+    se.add_argument("--batch-size", type=int, default=4)
+    se.add_argument("--no-curve", action="store_true",
+                    help="skip ranking the whole pool (no distance curve)")  # fmt: skip
+    se.add_argument("--out", default="selection", help="output directory (default: selection)")
+    se.set_defaults(fn=_cmd_select)
     return p
 
 

@@ -5,6 +5,9 @@ from apax_nodes.data import Bootstrap, BuildBulk, LoadData, Split
 from apax_nodes.dataset import Dataset
 from apax_nodes.evaluate import Evaluate
 from apax_nodes.label import EMTLabeller, GenericLabeller, Label, LJLabeller
+from apax_nodes.md import MD
+from apax_nodes.reference_md import ReferenceMD
+from apax_nodes.select import Select
 from apax_nodes.train import Train
 
 __all__ = [
@@ -18,6 +21,9 @@ __all__ = [
     "LJLabeller",
     "Label",
     "LoadData",
+    "MD",
+    "ReferenceMD",
+    "Select",
     "Split",
     "Train",
 ]

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +143,41 @@ def test_labelling_failures_are_recorded(tmp_path):
         assert [f["index"] for f in node.failures] == [1]
         assert "Si" in node.failures[0]["error"] or "Error" in node.failures[0]["error"]
         assert len(node.frames) == 2 and node.frames[0].get_stress().shape == (6,)
+
+
+def test_killed_dvc_repro_resumes_train_from_its_checkpoint(tmp_path):
+    from flax import serialization
+
+    root = init_repo(tmp_path / "p")
+    with inside(root):
+        project = zntrack.Project()
+        with project:
+            crystal = an.BuildBulk(element="Cu", repeat=[2, 2, 2], vacancies=1)
+            boot = an.Bootstrap(data=crystal.frames, n=8, rattle=0.08)
+            labelled = an.Label(data=boot.frames, labeller=an.EMTLabeller())
+            an.Train(data=labelled.frames, config={**TRAIN, "n_epochs": 60})
+        build(project)
+    sh("dvc", "repro", "Label", cwd=root)
+    checkpoint = root / ".apax_checkpoints" / "Train" / "latest.msgpack"
+    proc = subprocess.Popen(["dvc", "repro"], cwd=root, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    before = None
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if checkpoint.is_file():
+            state = serialization.msgpack_restore(checkpoint.read_bytes())
+            if state["epoch"] >= 3:
+                os.killpg(proc.pid, signal.SIGKILL)
+                before = state["log"]
+                break
+        time.sleep(0.01)
+    proc.wait()
+    assert before is not None and len(before) < 60, "the stage finished before it was killed"
+    repro(root)  # `dvc repro` deletes the stage outputs; the checkpoint lives elsewhere
+    with open(root / "nodes/Train/model/log.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 61))
+    # The epochs run before the kill were not run again: their recorded wall times survive.
+    for old, new in zip(before, rows, strict=False):
+        assert float(new["epoch_s"]) == pytest.approx(old["epoch_s"])
+    assert not checkpoint.parent.exists()  # cleaned up after success

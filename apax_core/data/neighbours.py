@@ -50,10 +50,19 @@ def neighbour_list(structure: Structure, cutoff: float) -> NeighbourList:
         points=structure.positions, box=box, periodic=pbc.tolist(), quantities="ijS"
     )
     shifts = np.asarray(shifts, dtype=np.int64).reshape(-1, 3)
-    order = np.lexsort((shifts[:, 2], shifts[:, 1], shifts[:, 0], j, i))
+    order = np.argsort(_sort_key(np.asarray(i), np.asarray(j), shifts, structure.n_atoms))
     shifts = shifts[order]
     return NeighbourList(
         idx_i=np.asarray(i, dtype=np.int32)[order],
         idx_j=np.asarray(j, dtype=np.int32)[order],
         offsets=shifts.astype(np.float64) @ structure.cell,
     )
+
+
+def _sort_key(i, j, shifts, n_atoms: int) -> np.ndarray:
+    """One integer per pair ordering by (i, j, shift): a single argsort instead of a lexsort."""
+    if len(i) == 0:
+        return np.zeros(0, dtype=np.int64)
+    low = shifts.min(axis=0)
+    span = shifts.max(axis=0) - low + 1
+    return np.ravel_multi_index((i, j, *(shifts - low).T), (n_atoms, n_atoms, *span))

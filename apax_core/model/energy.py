@@ -31,8 +31,6 @@ class ModelStatistics:
     """Initial per-element energy shift (eV/atom), from a least-squares fit."""
     scale: tuple[float, ...]
     """Initial per-element energy scale (eV), the RMS force."""
-    group_scale: tuple[float, ...] | None = None
-    """Fixed factor per descriptor contraction group (1 / RMS at initialisation)."""
 
     @property
     def symbols(self) -> list[str]:
@@ -70,7 +68,7 @@ class EnergyModel(nn.Module):
         n_species = len(stats.elements)
         species = jnp.asarray(stats.species_table())[Z]
 
-        features = GaussianMoments(cfg, n_species, stats.group_scale, dtype, name="representation")(
+        features = GaussianMoments(cfg, n_species, dtype, name="representation")(
             dr_vec, species, idx_j, pair_mask
         )
         out = Readout(cfg.hidden, cfg.activation, self.n_outputs, dtype, name="readout")(features)

@@ -85,15 +85,10 @@ class GaussianMoments(nn.Module):
     Dense neighbours: dr_vec (N, K, 3), idx_j and pair_mask (N, K); moments are sums over the
     K axis. Element-pair coefficients are selected by one-hot contractions, so the backward pass
     has no scatter into the small coefficient table.
-
-    ``group_scale`` multiplies each contraction group by a fixed factor (a data statistic, see
-    :func:`apax_core.train.init.feature_scales`): products of two and three moments are orders
-    of magnitude smaller than the moments, and the readout learns faster from O(1) inputs.
     """
 
     config: GMNNConfig
     n_species: int
-    group_scale: tuple[float, ...] | None = None
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
@@ -124,8 +119,4 @@ class GaussianMoments(nn.Module):
         m1 = jnp.einsum("nks,nkx->nsx", radial, u1)
         m2 = jnp.einsum("nks,nkxy->nsxy", radial, u2)
         m3 = jnp.einsum("nks,nkxyz->nsxyz", radial, u3)
-        features = contractions(m0, m1, m2, m3, cfg.n_contr)
-        if self.group_scale is None:
-            return features
-        sizes = group_sizes(cfg.n_radial, cfg.n_contr)
-        return features * jnp.asarray(np.repeat(self.group_scale, sizes), self.dtype)
+        return contractions(m0, m1, m2, m3, cfg.n_contr)

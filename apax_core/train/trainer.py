@@ -8,7 +8,6 @@ state, EMA weights, log) and the batch order of epoch k depends only on (seed, k
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import logging
@@ -28,7 +27,6 @@ from apax_core.model import build_model, init_params, make_apply, make_member_ap
 from apax_core.model_dir import save_config, save_params, save_stats
 from apax_core.precision import with_x64
 from apax_core.train.data import load_training_data
-from apax_core.train.init import feature_scales
 from apax_core.train.losses import total_loss
 from apax_core.train.metrics import accumulate, error_sums, finalize
 from apax_core.train.optim import make_optimizer, schedule_factor
@@ -140,9 +138,6 @@ def train(
     if data.base is not None:
         params = warm_start_params(params, data.base.params, config.warm_start.reset)
         frozen = frozenset(config.warm_start.freeze)
-    if stats.group_scale is None:
-        scales = feature_scales(config.model, stats, params, train_ds)
-        stats = dataclasses.replace(stats, group_scale=scales)
     model = build_model(config.model, stats)
 
     bs = config.data.batch_size

@@ -1,0 +1,234 @@
+"""Molecular dynamics configuration: integrator, temperature schedule, stop checks, UDD, output.
+
+Units: time in fs, temperature in K, energy in eV, length in Angstrom. In the spirit of the
+paper's listing S2 (``dt``, ``duration``, ``n_inner``, ``sampling_rate``, skin, extra capacity,
+Nose-Hoover chain), with every pluggable choice a discriminated union keyed by ``kind``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Literal
+
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
+
+from apax_core.config.common import Strict
+
+# ------------------------------------------------------------------------ temperature schedules
+
+
+class ConstantTemperature(Strict):
+    """The same target temperature for the whole run."""
+
+    kind: Literal["constant"] = "constant"
+    T: PositiveFloat = 300.0
+    """Temperature in K."""
+
+
+class PiecewiseTemperature(Strict):
+    """Linear interpolation between (time, temperature) points; constant outside them."""
+
+    kind: Literal["piecewise"] = "piecewise"
+    times: list[Annotated[float, Field(ge=0.0)]] = Field(min_length=1)
+    """Simulation times in fs, strictly increasing."""
+    temperatures: list[PositiveFloat] = Field(min_length=1)
+    """Temperature in K at each of ``times``."""
+
+    @model_validator(mode="after")
+    def _points(self) -> PiecewiseTemperature:
+        if len(self.times) != len(self.temperatures):
+            raise ValueError(f"{len(self.times)} times but {len(self.temperatures)} temperatures")
+        if any(b <= a for a, b in zip(self.times, self.times[1:], strict=False)):
+            raise ValueError(f"times must be strictly increasing, got {self.times}")
+        return self
+
+
+class OscillatingTemperature(Strict):
+    """T(t) = T_low + (T_high - T_low) (1 - cos(2 pi t / period)) / 2: starts at ``T_low``,
+    peaks at ``T_high`` after half a period (the paper samples 300 K <-> 600 K this way)."""
+
+    kind: Literal["oscillating"] = "oscillating"
+    T_low: PositiveFloat = 300.0
+    """Lowest temperature in K (at t = 0, period, 2 period, ...)."""
+    T_high: PositiveFloat = 600.0
+    """Highest temperature in K (at t = period / 2, 3 period / 2, ...)."""
+    period: PositiveFloat = 10_000.0
+    """Duration of one full cycle in fs."""
+
+    @model_validator(mode="after")
+    def _order(self) -> OscillatingTemperature:
+        if self.T_high < self.T_low:
+            raise ValueError(f"T_high ({self.T_high}) is below T_low ({self.T_low})")
+        return self
+
+
+TemperatureSchedule = Annotated[
+    ConstantTemperature | PiecewiseTemperature | OscillatingTemperature,
+    Field(discriminator="kind"),
+]
+
+
+# ---------------------------------------------------------------------------------- integrators
+
+
+class NVE(Strict):
+    """Velocity Verlet (jax_md.simulate.nve); the schedule only sets the initial velocities."""
+
+    kind: Literal["nve"] = "nve"
+
+
+class ThermostatChain(Strict):
+    """Nose-Hoover chain settings, every one passed to jax_md.simulate.nvt_nose_hoover."""
+
+    chain_length: PositiveInt = 3
+    """Number of thermostat particles in the chain."""
+    chain_steps: PositiveInt = 2
+    """Outer substeps of the chain integration per half step."""
+    sy_steps: Literal[1, 3, 5, 7] = 3
+    """Suzuki-Yoshida weights per substep."""
+    tau: PositiveFloat = 100.0
+    """Chain oscillation period in time steps (the period in fs is ``tau * dt``)."""
+
+
+class NVTNoseHoover(Strict):
+    """Canonical ensemble with a Nose-Hoover chain thermostat."""
+
+    kind: Literal["nvt"] = "nvt"
+    thermostat: ThermostatChain = ThermostatChain()
+
+
+class NVTLangevin(Strict):
+    """Canonical ensemble with the BAOAB Langevin integrator (jax_md.simulate.nvt_langevin)."""
+
+    kind: Literal["langevin"] = "langevin"
+    friction: PositiveFloat = 0.01
+    """Friction coefficient gamma in 1/fs."""
+
+
+Dynamics = Annotated[NVE | NVTNoseHoover | NVTLangevin, Field(discriminator="kind")]
+
+
+# ---------------------------------------------------------------------------------- stop checks
+
+
+class EnergyUncertaintyCheck(Strict):
+    """Stop when the ensemble energy standard deviation exceeds ``threshold``."""
+
+    kind: Literal["energy_uncertainty"] = "energy_uncertainty"
+    threshold: PositiveFloat
+    """In eV, or eV/atom with ``per_atom``."""
+    per_atom: bool = True
+    """Compare sigma_E / N (True) or sigma_E (False)."""
+
+
+class ForcesUncertaintyCheck(Strict):
+    """Stop when the force standard deviation of some atom exceeds ``threshold`` (eV/A).
+
+    ``reduce="norm"`` compares max over atoms of sqrt(sum_xyz sigma_F^2) (the norm of the per-atom
+    standard-deviation vector); ``"max_component"`` compares the largest single sigma_F component.
+    """
+
+    kind: Literal["forces_uncertainty"] = "forces_uncertainty"
+    threshold: PositiveFloat
+    reduce: Literal["norm", "max_component"] = "norm"
+
+
+class TemperatureCheck(Strict):
+    """Stop when the instantaneous kinetic temperature exceeds ``max_T`` (K)."""
+
+    kind: Literal["max_temperature"] = "max_temperature"
+    max_T: PositiveFloat
+
+
+StopCheck = Annotated[
+    EnergyUncertaintyCheck | ForcesUncertaintyCheck | TemperatureCheck,
+    Field(discriminator="kind"),
+]
+
+
+# ----------------------------------------------------------------------------------- uncertainty
+
+
+class UDDConfig(Strict):
+    """Uncertainty-driven dynamics bias (paper eq. 9): E_b = A [exp(-sigma_E^2 / (M N B^2)) - 1]."""
+
+    height: PositiveFloat = 1.0
+    """A in eV: the depth of the bias (its value at infinite uncertainty is -A)."""
+    width: PositiveFloat = 1.2
+    """B in eV: the uncertainty scale of the bias."""
+
+
+class CalibrationConfig(Strict):
+    """Global post-hoc calibration: ensemble spreads (and uncertainties) scaled by a factor."""
+
+    energy_factor: PositiveFloat = 1.0
+    forces_factor: PositiveFloat = 1.0
+
+
+# ------------------------------------------------------------------------------------------- md
+
+
+class MDConfig(Strict):
+    """One MD run: integrator, schedule, chunking, neighbour list, checks, output."""
+
+    dynamics: Dynamics = NVTNoseHoover()
+    temperature: TemperatureSchedule = ConstantTemperature()
+    dt: PositiveFloat = 0.5
+    """Time step in fs."""
+    duration: PositiveFloat
+    """Simulated time in fs; the run has round(duration / dt) steps."""
+    n_inner: PositiveInt = 500
+    """Steps per jitted chunk (one host round trip, one H5MD append, one checkpoint)."""
+    sampling_rate: PositiveInt = 10
+    """A frame is kept every ``sampling_rate`` steps (need not divide ``n_inner``)."""
+    skin: float = Field(0.5, ge=0.0)
+    """Neighbour-list skin in A: the list holds pairs within r_max + skin and is rebuilt once an
+    atom has moved more than skin / 2."""
+    capacity_multiplier: float = Field(1.1, ge=1.0)
+    """Neighbour slots per atom relative to the largest neighbour count at allocation. Every
+    slot costs model work; an overflow is detected, the list reallocated and the chunk redone
+    (one recompilation), so a tight list is safe."""
+    extra_capacity: int = Field(0, ge=0)
+    """Extra neighbour-list slots per atom on top of ``capacity_multiplier``."""
+    seed: int = 1
+    """Seed of the Maxwell-Boltzmann velocities and of the Langevin noise."""
+    load_momenta: bool = False
+    """Start from the momenta stored in the initial structure instead of Maxwell-Boltzmann."""
+    checks: list[StopCheck] = []
+    """Stop criteria evaluated on every kept frame; non-finite energies or positions always stop."""
+    force_uncertainty: bool = True
+    """Ensembles: member forces (forces_uncertainty) on kept frames; they cost M backward passes
+    but only every ``sampling_rate`` steps. The dynamics always use the cheap mean force."""
+    store_forces_ensemble: bool = False
+    """Also keep the (N, 3, M) member forces of every frame (large files for big systems)."""
+    udd: UDDConfig | None = None
+    """Bias the dynamics towards uncertain regions (needs an ensemble model)."""
+    calibration: CalibrationConfig | None = None
+    """Scale reported uncertainties (and the checks that use them) by calibration factors."""
+    traj_name: str = "md.h5"
+    """Trajectory file (H5MD) inside the run directory."""
+    restart: bool = True
+    """Continue from the checkpoint in the run directory if there is one (else start over)."""
+    progress_bar: bool = True
+
+    @property
+    def n_steps(self) -> int:
+        return max(1, round(self.duration / self.dt))
+
+    @property
+    def frames_per_chunk(self) -> int:
+        """Buffer size: the most frames any chunk can hold."""
+        return math.ceil(self.n_inner / self.sampling_rate)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> MDConfig:
+        if self.duration < self.dt:
+            raise ValueError(f"duration ({self.duration} fs) is shorter than dt ({self.dt} fs)")
+        needs_forces = [c.kind for c in self.checks if c.kind == "forces_uncertainty"]
+        if needs_forces and not self.force_uncertainty:
+            raise ValueError("a forces_uncertainty check needs force_uncertainty: true")
+        if self.store_forces_ensemble and not self.force_uncertainty:
+            raise ValueError("store_forces_ensemble needs force_uncertainty: true")
+        if not self.traj_name.lower().endswith((".h5", ".h5md", ".hdf5")):
+            raise ValueError(f"traj_name must be an H5MD file (.h5), got {self.traj_name!r}")
+        return self

@@ -1,0 +1,65 @@
+"""Stop checks on kept frames, as one traceable function: frame -> reason code.
+
+Code 0: keep going; 1: non-finite energy, forces or positions (always checked; such a frame is
+not written); 2 + k: ``checks[k]`` fired (the frame that fired is written as the last one).
+The first firing check in config order names the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax.numpy as jnp
+
+from apax_core.config.md import (
+    EnergyUncertaintyCheck,
+    ForcesUncertaintyCheck,
+    StopCheck,
+    TemperatureCheck,
+)
+
+NAN = 1
+
+
+def reasons(checks: Sequence[StopCheck]) -> list[str | None]:
+    """Reason text of each code."""
+    return [None, "nan", *(c.kind for c in checks)]
+
+
+def check_value(check: StopCheck, frame: dict, n_atoms: int):
+    """The quantity ``check`` compares with its threshold."""
+    if isinstance(check, EnergyUncertaintyCheck):
+        sigma = frame["energy_uncertainty"]
+        return sigma / n_atoms if check.per_atom else sigma
+    if isinstance(check, ForcesUncertaintyCheck):
+        sigma = frame["forces_uncertainty"]
+        if check.reduce == "norm":
+            return jnp.max(jnp.linalg.norm(sigma, axis=-1))
+        return jnp.max(sigma)
+    if isinstance(check, TemperatureCheck):
+        return frame["temperature"]
+    raise TypeError(f"unknown check {check!r}")
+
+
+def threshold(check: StopCheck) -> float:
+    return check.max_T if isinstance(check, TemperatureCheck) else check.threshold
+
+
+def reason_code(checks: Sequence[StopCheck], frame: dict, n_atoms: int):
+    """int32 reason code of ``frame`` (0 if no check fires)."""
+    code = jnp.zeros((), jnp.int32)
+    for k in reversed(range(len(checks))):
+        fired = check_value(checks[k], frame, n_atoms) > threshold(checks[k])
+        code = jnp.where(fired, 2 + k, code)
+    finite = jnp.isfinite(frame["energy"]) & jnp.all(jnp.isfinite(frame["positions"]))
+    finite = finite & jnp.all(jnp.isfinite(frame["forces"]))
+    return jnp.where(finite, code, NAN)
+
+
+def validate(checks: Sequence[StopCheck], n_members: int, force_uncertainty: bool) -> None:
+    """Raise ValueError before any work if a check needs what the model cannot give."""
+    for c in checks:
+        if isinstance(c, EnergyUncertaintyCheck | ForcesUncertaintyCheck) and n_members < 2:
+            raise ValueError(f"the {c.kind} check needs an ensemble model, got a single model")
+        if isinstance(c, ForcesUncertaintyCheck) and not force_uncertainty:
+            raise ValueError("the forces_uncertainty check needs force_uncertainty: true")

@@ -1,0 +1,124 @@
+"""Trajectory and status files of an MD run.
+
+Frames are appended to an H5MD file with znh5md once per chunk. Restart truncates the file to
+the frame count of the checkpoint, so frames written after the last checkpoint (a crash
+between appending and checkpointing, even mid-append) are dropped and rewritten exactly once.
+``md_status.json`` is rewritten whole after every chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import ase
+import h5py
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.stress import full_3x3_to_voigt_6_stress
+
+from apax_core.files import atomic_write
+from apax_core.md.transforms import UNCERTAINTY_KEYS
+
+logger = logging.getLogger(__name__)
+
+STATUS = "md_status.json"
+INFO_KEYS = ("md_step", "md_time_fs", "temperature")
+"""Per-frame ``atoms.info`` entries: step number, simulated time (fs) and kinetic T (K)."""
+
+
+def frames_to_atoms(buf: dict, count: int, numbers, cell, pbc, dt_fs: float) -> list[ase.Atoms]:
+    """Host copies of the first ``count`` buffered frames as Atoms with their results."""
+    frames = []
+    for k in range(count):
+        atoms = ase.Atoms(numbers=numbers, positions=buf["positions"][k], cell=cell, pbc=pbc)
+        atoms.set_momenta(buf["momenta"][k], apply_constraint=False)
+        step = int(buf["step"][k])
+        atoms.info.update(
+            md_step=step, md_time_fs=step * dt_fs, temperature=float(buf["temperature"][k])
+        )
+        results = {"energy": float(buf["energy"][k]), "forces": buf["forces"][k]}
+        if "stress" in buf:
+            results["stress"] = full_3x3_to_voigt_6_stress(buf["stress"][k])
+        atoms.calc = SinglePointCalculator(atoms, **results)
+        extras = {key: buf[key][k] for key in UNCERTAINTY_KEYS if key in buf}
+        if "stress_uncertainty" in extras:
+            extras["stress_uncertainty"] = full_3x3_to_voigt_6_stress(extras["stress_uncertainty"])
+        if "energy_uncertainty" in extras:
+            extras["energy_uncertainty"] = float(extras["energy_uncertainty"])
+        atoms.calc.results.update(extras)
+        frames.append(atoms)
+    return frames
+
+
+def append_frames(path: Path, frames: list[ase.Atoms], timestep_fs: float) -> None:
+    import znh5md  # deferred: h5py/znh5md import is slow
+
+    znh5md.IO(path, store="linear", timestep=timestep_fs, compression=None).extend(frames)
+
+
+def n_frames(path: Path) -> int:
+    """Frames in an H5MD trajectory (0 if the file does not exist)."""
+    if not path.is_file():
+        return 0
+    with h5py.File(path, "r") as f:
+        group = next(iter(f["particles"].values()))
+        return len(group["species"]["value"])
+
+
+def truncate(path: Path, n: int) -> None:
+    """Cut every per-frame dataset of the H5MD file ``path`` to its first ``n`` frames."""
+    if n == 0:
+        path.unlink(missing_ok=True)
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: trajectory missing but the checkpoint has {n} frames")
+
+    def cut(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.ndim >= 1 and obj.maxshape[0] is None:
+            if obj.shape[0] > n:
+                obj.resize(n, axis=0)
+            elif obj.shape[0] < n and name.endswith("value"):
+                raise ValueError(f"{path}: dataset {name} has {obj.shape[0]} < {n} frames")
+
+    with h5py.File(path, "a") as f:
+        for top in ("particles", "observables"):
+            if top in f:
+                f[top].visititems(cut)
+    logger.info("truncated %s to %d frames (the last checkpoint)", path, n)
+
+
+def read_trajectory(path: str | Path) -> list[ase.Atoms]:
+    """Every frame of an MD trajectory with its results (``atoms.calc.results``) and info.
+
+    A run that stopped before its first frame has no trajectory file; its ``md_status.json``
+    then says 0 frames and the result is an empty list.
+    """
+    import znh5md
+
+    path = Path(path)
+    if not path.is_file():
+        status = path.with_name(STATUS)
+        if status.is_file() and json.loads(status.read_text()).get("n_frames") == 0:
+            return []
+        raise FileNotFoundError(f"{path}: trajectory not found")
+    return list(znh5md.IO(path)[:])
+
+
+def write_status(directory: Path, status: dict) -> None:
+    atomic_write(directory / STATUS, json.dumps(status, indent=2))
+
+
+def read_status(directory: Path) -> dict | None:
+    path = Path(directory) / STATUS
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def status_dict(stopped: bool, reason: str | None, step: int, dt_fs: float, frames: int) -> dict:
+    return {
+        "stopped": bool(stopped),
+        "reason": reason,
+        "step": int(step),
+        "time_fs": float(step * dt_fs),
+        "n_frames": int(frames),
+    }

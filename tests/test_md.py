@@ -1,0 +1,391 @@
+"""The JAX MD engine: energy conservation, thermostat temperature and options, neighbour-list
+correctness after many steps and after overflow, exact restart, UDD, stop checks, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from ase import units
+from ase.build import bulk
+from conftest import make_model
+from jax_md import space
+from pydantic import ValidationError
+
+from apax_core.calculator import ApaxCalculator
+from apax_core.config.md import (
+    ConstantTemperature,
+    EnergyUncertaintyCheck,
+    ForcesUncertaintyCheck,
+    MDConfig,
+    NVTNoseHoover,
+    OscillatingTemperature,
+    PiecewiseTemperature,
+    TemperatureCheck,
+    ThermostatChain,
+)
+from apax_core.data import DataError
+from apax_core.md import UDD, read_trajectory, run_md
+from apax_core.md import engine as md_engine
+from apax_core.md.checks import reason_code, reasons
+from apax_core.md.energy import dynamics_energy
+from apax_core.md.integrators import integrator
+from apax_core.md.neighbours import allocate, make_space, neighbour_fns
+from apax_core.md.schedules import temperature_fn
+from apax_core.md.transforms import transformed_apply
+from apax_core.precision import x64
+
+
+def cu108(a=3.61):
+    """3x3x3 conventional fcc Cu: 108 atoms, 10.83 A > 2 (r_max 4 + skin 0.5)."""
+    return bulk("Cu", "fcc", a=a, cubic=True).repeat((3, 3, 3))
+
+
+def total_energy_per_atom(frames):
+    return np.array([f.get_potential_energy() + f.get_kinetic_energy() for f in frames]) / len(
+        frames[0]
+    )
+
+
+def unwrapped_displacement(frames, start):
+    """Largest displacement from ``start`` (minimum image per frame)."""
+    inv = np.linalg.inv(start.cell.array)
+    d = frames.positions - start.positions
+    d -= np.round(d @ inv) @ start.cell.array
+    return np.linalg.norm(d, axis=1).max()
+
+
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope="module")
+def nve_run(cuag_model, tmp_path_factory):
+    """NVE at 1 fs from 600 K; the random model melts the crystal, so atoms travel far (many
+    list rebuilds), and a capacity of exactly the initial neighbour count overflows."""
+    config = MDConfig(
+        dynamics={"kind": "nve"},
+        temperature={"kind": "constant", "T": 600.0},
+        dt=1.0,
+        duration=1000.0,
+        n_inner=250,
+        sampling_rate=10,
+        skin=0.5,
+        capacity_multiplier=1.0,
+        progress_bar=False,
+    )
+    records = Records()
+    logging.getLogger("apax_core.md.engine").addHandler(records)
+    try:
+        result = run_md(cuag_model, cu108(), config, tmp_path_factory.mktemp("nve"))
+    finally:
+        logging.getLogger("apax_core.md.engine").removeHandler(records)
+    return result, read_trajectory(result.trajectory), records.messages
+
+
+# -------------------------------------------------------------------------------- integrators
+
+
+def test_nve_conserves_energy(nve_run):
+    result, frames, _ = nve_run
+    assert result.status == {
+        "stopped": False, "reason": None, "step": 1000, "time_fs": 1000.0, "n_frames": 100
+    }  # fmt: skip
+    assert [f.info["md_step"] for f in frames] == list(range(10, 1001, 10))
+    e = total_energy_per_atom(frames)
+    assert np.ptp(e) < 1e-5  # eV/atom over 1 ps, velocity Verlet at 1 fs, fp64 model
+    assert abs(np.polyfit(np.arange(len(e)), e, 1)[0]) * len(e) < 5e-6  # drift
+    kinetic = np.array([f.get_kinetic_energy() for f in frames]) / len(frames[0])
+    assert np.ptp(kinetic) > 1e3 * np.ptp(e)  # energy flows between kinetic and potential
+
+
+def test_forces_after_many_steps_and_an_overflow_equal_fresh_neighbour_list(nve_run, cuag_model):
+    _, frames, messages = nve_run
+    assert any("overflow" in m for m in messages)  # the capacity grew during the run
+    last = frames[-1]
+    assert unwrapped_displacement(last, cu108()) > 2.0  # far beyond skin / 2: many rebuilds
+    ref = last.copy()
+    ref.calc = ApaxCalculator(cuag_model, skin=0.0)  # vesin, built from scratch
+    np.testing.assert_allclose(ref.get_potential_energy(), last.get_potential_energy(), rtol=1e-11)
+    np.testing.assert_allclose(ref.get_forces(), last.get_forces(), atol=1e-9)
+    np.testing.assert_allclose(ref.get_stress(), last.get_stress(), atol=1e-10)
+
+
+def test_nose_hoover_temperature(cuag_model, tmp_path):
+    config = MDConfig(
+        dynamics=NVTNoseHoover(thermostat=ThermostatChain(chain_length=3, tau=50)),
+        temperature=ConstantTemperature(T=300.0),
+        dt=2.0,
+        duration=3000.0,
+        n_inner=500,
+        sampling_rate=5,
+        extra_capacity=30,
+        progress_bar=False,
+    )
+    frames = read_trajectory(run_md(cuag_model, cu108(), config, tmp_path).trajectory)
+    temps = np.array([f.info["temperature"] for f in frames])
+    equilibrated = temps[len(temps) // 3 :]  # the last 2 ps
+    assert abs(equilibrated.mean() - 300.0) < 0.05 * 300.0
+    # ASE's kinetic temperature of the stored momenta agrees with the engine's.
+    assert abs(frames[-1].get_temperature() - temps[-1]) < 1e-6 * temps[-1]
+
+
+def harmonic_run(dynamics, n_steps=40):
+    """Positions after ``n_steps`` of a 3D harmonic crystal under ``dynamics`` (cheap, no model)."""
+    with x64():
+        disp, shift = space.free()
+        rest = jnp.asarray(np.random.default_rng(0).normal(size=(8, 3)))
+
+        def energy(R, **unused):
+            return 0.5 * jnp.sum((R - rest) ** 2)
+
+        integ = integrator(dynamics, energy, shift, 1.0, units.kB * 300.0)
+        state = integ.init(jax.random.PRNGKey(0), rest, units.kB * 300.0, jnp.ones(8) * 63.5)
+        state = md_engine._to_f64(state)
+        step = jax.jit(lambda s: integ.step(s, units.kB * 300.0))
+        for _ in range(n_steps):
+            state = step(state)
+        return state
+
+
+def test_every_chain_option_reaches_jax_md():
+    base = ThermostatChain(chain_length=3, chain_steps=2, sy_steps=3, tau=100)
+    ref = harmonic_run(NVTNoseHoover(thermostat=base))
+    assert ref.chain.position.shape == (3,)
+    dt = 1.0 * units.fs
+    np.testing.assert_allclose(ref.chain.tau, 100 * dt, rtol=1e-6)
+    np.testing.assert_allclose(ref.chain.mass[1], units.kB * 300.0 * (100 * dt) ** 2, rtol=1e-6)
+    for change in ({"chain_length": 1}, {"chain_steps": 1}, {"sy_steps": 5}, {"tau": 20}):
+        other = harmonic_run(NVTNoseHoover(thermostat=base.model_copy(update=change)))
+        # chain_steps only refines the chain integration, so its effect is small but real
+        assert np.abs(other.position - ref.position).max() > 1e-12, change
+    assert harmonic_run(NVTNoseHoover(thermostat=base.model_copy(
+        update={"chain_length": 5}))).chain.position.shape == (5,)  # fmt: skip
+
+
+def test_temperature_schedules():
+    with x64():
+        const = temperature_fn(ConstantTemperature(T=250.0))
+        piece = temperature_fn(
+            PiecewiseTemperature(times=[0, 100, 300], temperatures=[300, 600, 400])
+        )
+        osc = temperature_fn(OscillatingTemperature(T_low=300, T_high=600, period=1000))
+        assert float(const(123.0)) == 250.0
+        assert [float(piece(t)) for t in (0, 50, 100, 200, 300, 999)] == [
+            300, 450, 600, 500, 400, 400
+        ]  # fmt: skip
+        assert [round(float(osc(t)), 9) for t in (0, 250, 500, 1000, 1500)] == [
+            300, 450, 600, 300, 600
+        ]  # fmt: skip
+    with pytest.raises(ValidationError, match="increasing"):
+        PiecewiseTemperature(times=[0, 0], temperatures=[300, 400])
+
+
+# --------------------------------------------------------------------------------- restart
+
+
+def restart_config(duration):
+    return MDConfig(
+        dynamics={"kind": "langevin", "friction": 0.02},
+        temperature={"kind": "oscillating", "T_low": 300, "T_high": 600, "period": 40},
+        dt=1.0,
+        duration=duration,
+        n_inner=10,
+        sampling_rate=3,  # does not divide n_inner: chunks hold 3 or 4 frames
+        extra_capacity=30,
+        progress_bar=False,
+    )
+
+
+def frame_arrays(frames):
+    return (
+        np.array([f.positions for f in frames]),
+        np.array([f.get_momenta() for f in frames]),
+        np.array([f.get_forces() for f in frames]),
+        np.array([f.info["md_step"] for f in frames]),
+    )
+
+
+def test_restart_after_a_crash_equals_the_uninterrupted_run(cuag_model, tmp_path, monkeypatch):
+    atoms = cu108()
+    full = run_md(cuag_model, atoms, restart_config(60.0), tmp_path / "full")
+    reference = frame_arrays(read_trajectory(full.trajectory))
+    assert list(reference[3]) == list(range(3, 61, 3))
+
+    # Crash after the third chunk's frames were appended but before its checkpoint.
+    save = md_engine.ckpt.save
+    calls = {"n": 0}
+
+    def crashing_save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt("simulated crash")
+        save(*args, **kwargs)
+
+    monkeypatch.setattr(md_engine.ckpt, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        run_md(cuag_model, atoms, restart_config(60.0), tmp_path / "crash")
+    monkeypatch.setattr(md_engine.ckpt, "save", save)
+    assert len(read_trajectory(tmp_path / "crash" / "md.h5")) == 10  # 3 chunks written
+    resumed = run_md(cuag_model, atoms, restart_config(60.0), tmp_path / "crash")
+    assert resumed.status == full.status
+    for a, b in zip(frame_arrays(read_trajectory(resumed.trajectory)), reference, strict=True):
+        assert np.array_equal(a, b)
+
+    # A finished run continued to a longer duration (other chunk boundaries) is the same too.
+    run_md(cuag_model, atoms, restart_config(25.0), tmp_path / "extend")
+    extended = run_md(cuag_model, atoms, restart_config(60.0), tmp_path / "extend")
+    assert json.loads((tmp_path / "extend" / "md_status.json").read_text()) == full.status
+    for a, b in zip(frame_arrays(read_trajectory(extended.trajectory)), reference, strict=True):
+        assert np.array_equal(a, b)
+
+    other = restart_config(60.0).model_copy(update={"seed": 7})
+    with pytest.raises(ValueError, match="other settings"):
+        run_md(cuag_model, atoms, other, tmp_path / "full")
+    moved = atoms.copy()
+    moved.positions[0] += 0.1
+    with pytest.raises(ValueError, match="start structure"):
+        run_md(cuag_model, moved, restart_config(60.0), tmp_path / "full")
+
+
+# ------------------------------------------------------------------------ UDD and stop checks
+
+
+@pytest.fixture(scope="module")
+def shallow():
+    return make_model(ensemble={"kind": "shallow", "n_members": 4})
+
+
+UDD_A, UDD_B = 0.3, 0.05
+
+
+@pytest.fixture(scope="module")
+def udd_calc(shallow):
+    """The calculator with the bias the engine runs below (vesin list, no skin)."""
+    return ApaxCalculator(shallow, transforms=[UDD(UDD_A, UDD_B)], skin=0.0)
+
+
+def test_engine_udd_force_is_the_gradient_of_the_biased_energy(shallow, udd_calc):
+    udd = udd_calc.transforms[0]
+    atoms = cu108()
+    atoms.rattle(0.05, seed=3)
+    atoms.numbers[::7] = 47
+    ref = atoms.copy()
+    ref.calc = udd_calc
+    with x64():
+        box = jnp.asarray(atoms.cell.array.T)
+        disp, _ = make_space(box)
+        fns = neighbour_fns(disp, box, shallow.config.r_max, 0.5, 1.25, len(atoms))
+        R = jnp.asarray(atoms.get_scaled_positions())
+        nbrs = allocate(fns, R, 0)
+        energy = dynamics_energy(transformed_apply(shallow, [udd]), jnp.asarray(atoms.numbers), box)
+        e, grad = jax.value_and_grad(energy)(R, neighbor=nbrs, params=shallow.params)
+    np.testing.assert_allclose(float(e), ref.get_potential_energy(), rtol=1e-11)
+    np.testing.assert_allclose(-np.asarray(grad), ref.get_forces(), atol=1e-9)
+
+
+def udd_config(checks=()):
+    return MDConfig(
+        temperature={"kind": "constant", "T": 600.0},
+        dt=2.0,
+        duration=800.0,
+        n_inner=100,
+        sampling_rate=4,
+        extra_capacity=30,
+        udd={"height": UDD_A, "width": UDD_B},
+        checks=list(checks),
+        progress_bar=False,
+    )
+
+
+def test_uncertainty_stop_fires_at_the_threshold(shallow, udd_calc, tmp_path):
+    atoms = cu108()
+    free = run_md(shallow, atoms, udd_config(), tmp_path / "free")
+    frames = read_trajectory(free.trajectory)
+    sigma = np.array([f.calc.results["energy_uncertainty"] for f in frames]) / len(atoms)
+    # The engine frames (UDD-biased) agree with the calculator under the same transform.
+    calc = udd_calc
+    ref = frames[-1].copy()
+    ref.calc = calc
+    np.testing.assert_allclose(ref.get_potential_energy(), frames[-1].get_potential_energy(),
+                               rtol=1e-11)  # fmt: skip
+    np.testing.assert_allclose(ref.get_forces(), frames[-1].get_forces(), atol=1e-9)
+    np.testing.assert_allclose(
+        calc.results["forces_uncertainty"], frames[-1].calc.results["forces_uncertainty"],
+        atol=1e-9,
+    )  # fmt: skip
+
+    # A threshold between the running maximum and a later record stops exactly there.
+    running = np.maximum.accumulate(sigma)
+    k = next(i for i in range(len(sigma) // 3, len(sigma)) if sigma[i] > running[i - 1])
+    threshold = 0.5 * (running[k - 1] + sigma[k])
+    check = {"kind": "energy_uncertainty", "threshold": threshold, "per_atom": True}
+    stopped = run_md(shallow, atoms, udd_config([check]), tmp_path / "stop")
+    status = json.loads((tmp_path / "stop" / "md_status.json").read_text())
+    assert status == stopped.status
+    step = (k + 1) * 4
+    assert status == {"stopped": True, "reason": "energy_uncertainty", "step": step,
+                      "time_fs": 2.0 * step, "n_frames": k + 1}  # fmt: skip
+    kept = read_trajectory(stopped.trajectory)
+    kept_sigma = np.array([f.calc.results["energy_uncertainty"] for f in kept]) / len(atoms)
+    assert len(kept) == k + 1 and kept_sigma[-1] > threshold and kept_sigma[:-1].max() <= threshold
+    assert np.array_equal(np.array([f.positions for f in kept]),
+                          np.array([f.positions for f in frames[: k + 1]]))  # fmt: skip
+
+
+def test_reason_codes():
+    checks = [
+        ForcesUncertaintyCheck(threshold=0.5, reduce="norm"),
+        EnergyUncertaintyCheck(threshold=0.01, per_atom=True),
+        TemperatureCheck(max_T=1000.0),
+    ]
+    frame = {
+        "energy": 1.0,
+        "positions": np.zeros((10, 3)),
+        "forces": np.zeros((10, 3)),
+        "energy_uncertainty": 0.05,  # 0.005 per atom: below 0.01
+        "forces_uncertainty": np.full((10, 3), 0.3),  # norm 0.52 > 0.5, components < 0.5
+        "temperature": 1200.0,
+    }
+    with x64():
+        code = int(reason_code(checks, frame, 10))
+        assert reasons(checks)[code] == "forces_uncertainty"  # first firing check wins
+        by_component = [ForcesUncertaintyCheck(threshold=0.5, reduce="max_component")]
+        code = int(reason_code(by_component + checks[1:], frame, 10))
+        assert reasons(checks)[code] == "max_temperature"
+        assert int(reason_code(checks[1:2], frame, 10)) == 0
+        frame["energy"] = np.nan
+        assert int(reason_code(checks, frame, 10)) == 1  # non-finite always stops
+
+
+# ------------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_fails_before_any_work(cuag_model, shallow, tmp_path):
+    config = MDConfig(duration=10.0, progress_bar=False)
+    with pytest.raises(ValueError, match="cell too small"):
+        run_md(cuag_model, bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), config, tmp_path)
+    with pytest.raises(DataError, match="Au"):
+        run_md(cuag_model, bulk("Au", "fcc", a=4.08, cubic=True).repeat(3), config, tmp_path)
+    with pytest.raises(ValueError, match="ensemble"):
+        run_md(cuag_model, cu108(), MDConfig(duration=10, udd={}), tmp_path)
+    check = {"kind": "forces_uncertainty", "threshold": 0.1}
+    with pytest.raises(ValueError, match="ensemble"):
+        run_md(cuag_model, cu108(), MDConfig(duration=10, checks=[check]), tmp_path)
+    slab = cu108()
+    slab.pbc = [True, True, False]
+    with pytest.raises(ValueError, match="periodic"):
+        run_md(cuag_model, slab, config, tmp_path)
+    with pytest.raises(ValidationError, match="force_uncertainty"):
+        MDConfig(duration=10, checks=[check], force_uncertainty=False)
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        MDConfig.model_validate({"duration": 10, "thermostat_chain": {}})
