@@ -76,8 +76,14 @@ ENSEMBLE_DDOF = 1
 
 
 def mean_std(x, axis=-1):
-    """Ensemble mean and standard deviation (ddof = ENSEMBLE_DDOF) over ``axis``."""
-    return jnp.mean(x, axis=axis), jnp.std(x, axis=axis, ddof=ENSEMBLE_DDOF)
+    """Ensemble mean and standard deviation (ddof = ENSEMBLE_DDOF) over ``axis``.
+
+    The square root is guarded so that a zero spread (padding atoms and structures) has a zero
+    gradient instead of inf * 0 = NaN.
+    """
+    var = jnp.var(x, axis=axis, ddof=ENSEMBLE_DDOF)
+    positive = var > 0
+    return jnp.mean(x, axis=axis), jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
 
 
 def _chunked_vjp(vjp, n_members: int, chunk_size: int | None, dtype):

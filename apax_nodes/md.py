@@ -13,7 +13,6 @@ import pandas as pd
 import zntrack
 
 from apax_core.config import MDConfig
-from apax_core.md.engine import run_md
 from apax_nodes.frames import read_h5
 from apax_nodes.model import local_model_dir
 from apax_nodes.train import CHECKPOINTS
@@ -69,6 +68,10 @@ class MD(zntrack.Node):
             shutil.rmtree(work)
         work.mkdir(parents=True, exist_ok=True)
         (work / "stamp.json").write_text(stamp)
+        # Imported here: jax_md starts the XLA backend on import, and `zntrack run` forks (to
+        # hash the stage) after importing the node module; a fork after that can deadlock.
+        from apax_core.md.engine import run_md
+
         result = run_md(self.model.get_model(), start, config, work)
         self.md_dir.mkdir(parents=True, exist_ok=True)
         for item in work.iterdir():

@@ -69,15 +69,18 @@ def data_files(tmp_path_factory):
 
 
 def tiny_config(directory, data_files, n_epochs=3, **overrides) -> TrainConfig:
+    """A quick training config on the session's EMT data; ``data`` overrides are merged."""
+    data = {
+        "train_file": str(data_files["train"]),
+        "val_file": str(data_files["val"]),
+        "batch_size": 4,
+        "val_batch_size": 4,
+        **overrides.pop("data", {}),
+    }
     raw = {
         "directory": str(directory),
         "n_epochs": n_epochs,
-        "data": {
-            "train_file": str(data_files["train"]),
-            "val_file": str(data_files["val"]),
-            "batch_size": 4,
-            "val_batch_size": 4,
-        },
+        "data": data,
         "model": dict(TINY),
         "progress_bar": False,
         **overrides,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 
+import ase.io
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -365,6 +366,40 @@ def test_reason_codes():
         assert int(reason_code(checks[1:2], frame, 10)) == 0
         frame["energy"] = np.nan
         assert int(reason_code(checks, frame, 10)) == 1  # non-finite always stops
+
+
+# ------------------------------------------------------------------------------------- cli
+
+
+def test_cli_template_and_md(cuag_model, tmp_path, capsys):
+    from apax_core.cli import main
+    from apax_core.config import TrainConfig, load_config
+    from apax_core.model_dir import save_config, save_params, save_stats
+
+    for extra in ([], ["--full"]):
+        assert main(["template", "md", *extra]) == 0
+        (tmp_path / "md.yaml").write_text(capsys.readouterr().out)
+        assert isinstance(load_config(tmp_path / "md.yaml", MDConfig), MDConfig)
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    train = TrainConfig(directory=model_dir, n_epochs=1, data={"train_file": "x.xyz"},
+                        model=cuag_model.config)  # fmt: skip
+    save_config(model_dir, train)
+    save_stats(model_dir, cuag_model.stats)
+    save_params(model_dir, cuag_model.params)
+    ase.io.write(tmp_path / "start.extxyz", cu108())
+    (tmp_path / "md.yaml").write_text(
+        "dynamics: {kind: langevin}\nduration: 20\ndt: 2\nn_inner: 10\nsampling_rate: 5\n"
+        "progress_bar: false\n"
+    )
+    args = ["md", str(model_dir), str(tmp_path / "md.yaml"), "--structure",
+            str(tmp_path / "start.extxyz"), "--directory", str(tmp_path / "run")]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["n_frames"] == 2
+    assert len(read_trajectory(tmp_path / "run" / "md.h5")) == 2
+    (tmp_path / "bad.yaml").write_text("duration: 10\nthermostat_chain: {}\n")
+    assert main(["md", str(model_dir), str(tmp_path / "bad.yaml"), "--structure", "x"]) == 1
+    assert "thermostat_chain" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------- bad input

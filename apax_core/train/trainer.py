@@ -195,6 +195,11 @@ def train(
             * float(lr_factor((epoch + 1) * steps_per_epoch - 1)),
             "epoch_s": time.perf_counter() - start,
         }
+        if not (np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])):
+            raise FloatingPointError(
+                f"training diverged in epoch {epoch + 1} (train loss {row['train_loss']}, "
+                f"validation loss {row['val_loss']}); lower the learning rates or check the data"
+            )
         state = state.replace(params=p, opt_state=o, ema=e, epoch=epoch + 1, log=state.log + (row,))
         if row["val_loss"] < state.best_loss:
             save_params(directory, eval_params)
