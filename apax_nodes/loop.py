@@ -41,9 +41,12 @@ class LoopSettings:
             raise ValueError(f"n_iterations must be at least 1, got {self.n_iterations}")
         if self.n_select < 1:
             raise ValueError(f"n_select must be at least 1, got {self.n_select}")
-        for name, cfg in (("train", self.train), ("warm_train", self.warm_train or self.train)):
+        for name, cfg, warm in (("train", self.train, False),
+                                ("warm_train", self.warm_train or self.train, True)):  # fmt: skip
+            # The Train node fills in the base model of a warm start; a stand-in validates.
+            extra = {"warm_start": {**cfg.get("warm_start", {}), "model": "base"}} if warm else {}
             try:
-                train_config(cfg, directory="model", train_file="data")
+                train_config(cfg, directory="model", train_file="data", **extra)
             except ValueError as err:
                 raise ValueError(f"LoopSettings.{name}: {err}") from None
         md_config(self.md)

@@ -133,12 +133,12 @@ def train(
     val_ds = Dataset(data.val, config.model.r_max)
 
     stats = data.stats
-    params = init_params(build_model(config.model, stats), jax.random.PRNGKey(config.seed))
+    model = build_model(config.model, stats)
+    params = init_params(model, jax.random.PRNGKey(config.seed))
     frozen: frozenset[str] = frozenset()
     if data.base is not None:
         params = warm_start_params(params, data.base.params, config.warm_start.reset)
         frozen = frozenset(config.warm_start.freeze)
-    model = build_model(config.model, stats)
 
     bs = config.data.batch_size
     steps_per_epoch = train_ds.n_batches(bs)
