@@ -285,7 +285,7 @@ def test_engine_udd_force_is_the_gradient_of_the_biased_energy(shallow, udd_calc
     with x64():
         box = jnp.asarray(atoms.cell.array.T)
         disp, _ = make_space(box)
-        fns = neighbour_fns(disp, box, shallow.config.r_max, 0.5, 1.25, len(atoms))
+        fns = neighbour_fns(disp, box, shallow.config.r_max, 0.5, 1.25)
         R = jnp.asarray(atoms.get_scaled_positions())
         nbrs = allocate(fns, R, 0)
         energy = dynamics_energy(transformed_apply(shallow, [udd]), jnp.asarray(atoms.numbers), box)

@@ -115,7 +115,6 @@ class Engine:
     """The jitted functions for one model, structure and set of settings."""
 
     model: Model
-    config: MDConfig
     numbers: np.ndarray
     cell: np.ndarray
     pbc: np.ndarray
@@ -135,7 +134,7 @@ def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: boo
     box = jnp.asarray(atoms.cell.array.T) if periodic else None
     displacement, shift = make_space(box)
     nbr_fns = neighbour_fns(
-        displacement, box, model.config.r_max, config.skin, config.capacity_multiplier, n
+        displacement, box, model.config.r_max, config.skin, config.capacity_multiplier
     )
     transforms = transforms_of(config)
     energy = dynamics_energy(transformed_apply(model, transforms), Z, box)
@@ -208,7 +207,6 @@ def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: boo
 
     return Engine(
         model=model,
-        config=config,
         numbers=atoms.numbers.copy(),
         cell=atoms.cell.array.copy(),
         pbc=atoms.pbc.copy(),

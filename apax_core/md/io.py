@@ -13,7 +13,6 @@ import logging
 from pathlib import Path
 
 import ase
-import h5py
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.stress import full_3x3_to_voigt_6_stress
 
@@ -57,15 +56,6 @@ def append_frames(path: Path, frames: list[ase.Atoms], timestep_fs: float) -> No
     znh5md.IO(path, store="linear", timestep=timestep_fs, compression=None).extend(frames)
 
 
-def n_frames(path: Path) -> int:
-    """Frames in an H5MD trajectory (0 if the file does not exist)."""
-    if not path.is_file():
-        return 0
-    with h5py.File(path, "r") as f:
-        group = next(iter(f["particles"].values()))
-        return len(group["species"]["value"])
-
-
 def truncate(path: Path, n: int) -> None:
     """Cut every per-frame dataset of the H5MD file ``path`` to its first ``n`` frames."""
     if n == 0:
@@ -73,6 +63,7 @@ def truncate(path: Path, n: int) -> None:
         return
     if not path.is_file():
         raise FileNotFoundError(f"{path}: trajectory missing but the checkpoint has {n} frames")
+    import h5py
 
     def cut(name, obj):
         if isinstance(obj, h5py.Dataset) and obj.ndim >= 1 and obj.maxshape[0] is None:

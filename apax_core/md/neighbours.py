@@ -66,7 +66,7 @@ def standard_frame(atoms: ase.Atoms) -> ase.Atoms:
     cell rotate together, so the physics is unchanged."""
     atoms = atoms.copy()
     cell = atoms.cell.array
-    if np.allclose(cell, np.tril(cell), atol=1e-12):
+    if np.allclose(cell, np.tril(cell), atol=1e-12) and (np.diag(cell) > 0).all():
         return atoms
     rcell, q = atoms.cell.standard_form()
     momenta = atoms.get_momenta() @ q.T
@@ -85,13 +85,14 @@ def make_space(box: jnp.ndarray | None):
     return space.periodic_general(box, fractional_coordinates=True, wrapped=True)
 
 
-def neighbour_fns(displacement, box, r_max: float, skin: float, capacity_multiplier: float,
-                  n_atoms: int) -> partition.NeighborListFns:  # fmt: skip
+def neighbour_fns(
+    displacement, box, r_max: float, skin: float, capacity_multiplier: float
+) -> partition.NeighborListFns:
     """jax-md neighbour-list functions (Dense format) for cutoff ``r_max`` and ``skin``."""
     periodic = box is not None
     cutoff = r_max + skin
-    # Cell lists need at least three cells per side to help; jax-md's free-space cell list
-    # needs a box, so molecules use the all-pairs candidates (fine for molecules).
+    # jax-md builds a cell list only with at least four cells per side; its free-space cell
+    # list needs a box, so molecules use all-pairs candidates (fine at molecular sizes).
     use_cells = periodic and float(np.min(heights(np.asarray(box).T))) >= 4 * cutoff
     return partition.neighbor_list(
         displacement,
