@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import jax
 import numpy as np
 import pytest
@@ -14,6 +18,10 @@ from apax_core.data import write_frames
 from apax_core.model import ModelStatistics, build_model, init_params
 from apax_core.model_dir import Model
 from apax_core.precision import x64
+
+# Node tests call `dvc`, and DVC calls `zntrack run`: the executables of this interpreter's
+# environment must come first on PATH however pytest was started (e.g. `.venv/bin/python -m`).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 TINY = dict(r_max=4.0, n_basis=4, n_radial=3, hidden=[16])
 
