@@ -38,6 +38,7 @@ from apax_core.data import (
     pad_sizes,
     species_index,
 )
+from apax_core.md.calibration import stored_calibration
 from apax_core.md.transforms import UNCERTAINTY_KEYS, Transform, predictor
 from apax_core.model_dir import Model, load_model
 from apax_core.precision import x64
@@ -63,13 +64,15 @@ class ApaxCalculator(Calculator):
         padding: Padding | None = None,
         **kwargs,
     ) -> None:
-        """``transforms`` (e.g. UDD, GlobalCalibration) apply in order; ``force_uncertainty``
+        """``transforms`` (e.g. UDD, GlobalCalibration) apply in order, after the model's stored
+        calibration; ``force_uncertainty``
         (ensembles) computes member forces and stresses, else only energies are per member."""
         super().__init__(**kwargs)
         if skin < 0:
             raise ValueError(f"skin must be >= 0, got {skin}")
         self.model = model if isinstance(model, Model) else load_model(model)
-        self.transforms = tuple(transforms)
+        # The calibration stored with the model applies first, as in predict().
+        self.transforms = stored_calibration(self.model) + tuple(transforms)
         self.skin = float(skin)
         self.padding = padding or PadBinned()
         self._fn = _jitted(self.model, self.transforms, force_uncertainty)

@@ -153,3 +153,32 @@ def test_ensembles_train_and_calibrate(ensemble, loss, data_files, tmp_path):
     with open(directory / "log.csv") as fh:
         losses = [float(r["train_loss"]) for r in csv.DictReader(fh)]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+
+def test_calculator_applies_the_calibration_stored_with_the_model(cells):
+    import dataclasses
+
+    from ase.build import bulk
+
+    from apax_core.calculator import ApaxCalculator
+
+    model = make_model(elements=(29,), ensemble=ENSEMBLES[0])
+    calibrated = dataclasses.replace(model, calibration=Calibration(energy=2.0, forces=3.0))
+    atoms = bulk("Cu", cubic=True).repeat((2, 1, 1))
+    atoms.rattle(0.05, seed=1)
+    results = []
+    for m in (model, calibrated):
+        atoms.calc = ApaxCalculator(m)
+        atoms.get_potential_energy()
+        results.append(dict(atoms.calc.results))
+    raw, cal = results
+    np.testing.assert_allclose(
+        cal["forces_uncertainty"], 3.0 * raw["forces_uncertainty"], rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        cal["energy_uncertainty"], 2.0 * raw["energy_uncertainty"], rtol=1e-6
+    )
+    np.testing.assert_allclose(cal["forces"], raw["forces"], atol=1e-12)  # means unchanged
+    # The same numbers as predict(), which every other consumer uses.
+    pred = predict(calibrated, [from_atoms(atoms)], uncertainty=True)[0]
+    np.testing.assert_allclose(cal["forces_uncertainty"], pred["forces_uncertainty"], rtol=1e-6)

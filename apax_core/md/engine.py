@@ -32,7 +32,7 @@ from apax_core.config.md import MDConfig
 from apax_core.data import species_index
 from apax_core.md import checkpoint as ckpt
 from apax_core.md import checks as stop
-from apax_core.md.calibration import GlobalCalibration
+from apax_core.md.calibration import GlobalCalibration, stored_calibration
 from apax_core.md.energy import dynamics_energy, structure
 from apax_core.md.integrators import integrator, kT_of
 from apax_core.md.io import (
@@ -86,11 +86,12 @@ class Carry(NamedTuple):
     count: jax.Array
 
 
-def transforms_of(config: MDConfig) -> tuple[Transform, ...]:
-    """The transforms the config asks for: UDD (dynamics and frames), then calibration."""
+def transforms_of(config: MDConfig, model: Model) -> tuple[Transform, ...]:
+    """UDD (dynamics and frames), the model's stored calibration, then the config's."""
     out: list[Transform] = []
     if config.udd is not None:
         out.append(UDD(config.udd.height, config.udd.width))
+    out.extend(stored_calibration(model))
     if config.calibration is not None:
         c = config.calibration
         out.append(GlobalCalibration(c.energy_factor, c.forces_factor))
@@ -136,7 +137,7 @@ def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: boo
     nbr_fns = neighbour_fns(
         displacement, box, model.config.r_max, config.skin, config.capacity_multiplier
     )
-    transforms = transforms_of(config)
+    transforms = transforms_of(config, model)
     energy = dynamics_energy(transformed_apply(model, transforms), Z, box)
     T_of = temperature_fn(config.temperature)
     integ = integrator(config.dynamics, energy, shift, config.dt, kT_of(float(T_of(0.0))))
@@ -262,7 +263,7 @@ def _validate(model: Model, atoms: ase.Atoms, config: MDConfig) -> bool:
     species_index(np.asarray(atoms.numbers), model.stats.elements, source="initial structure")
     periodic = check_cell(atoms, model.config.r_max + config.skin)
     stop.validate(config.checks, model.config.n_members, config.force_uncertainty)
-    for t in transforms_of(config):
+    for t in transforms_of(config, model):
         t.check(model)
     if atoms.constraints:
         raise ValueError("the MD engine does not apply ASE constraints; remove them first")
