@@ -150,3 +150,43 @@ def test_energy_is_smooth_across_the_cutoff():
 )
 def test_descriptor_size(n_radial, n_contr, size):
     assert descriptor_size(n_radial, n_contr) == size
+
+
+def test_moments_vjp_equals_autodiff_of_the_plain_sums():
+    """The hand-written moment VJP against JAX's own derivative of the plain sums: member VJPs
+    (vmapped cotangents, as for shallow-ensemble forces) and their gradient (as in training)."""
+    import jax
+    import jax.numpy as jnp
+
+    from apax_core.model.gmnn import moments
+    from apax_core.precision import x64
+
+    def plain(radial, unit):
+        u2 = unit[..., :, None] * unit[..., None, :]
+        u3 = u2[..., None] * unit[..., None, None, :]
+        return (radial.sum(1), jnp.einsum("nks,nkx->nsx", radial, unit),
+                jnp.einsum("nks,nkxy->nsxy", radial, u2),
+                jnp.einsum("nks,nkxyz->nsxyz", radial, u3))  # fmt: skip
+
+    with x64():
+        k = jax.random.split(jax.random.PRNGKey(3), 3)
+        radial = jax.random.normal(k[0], (6, 5, 3), jnp.float64)
+        unit = jax.random.normal(k[1], (6, 5, 3), jnp.float64)
+        shapes = [m.shape for m in plain(radial, unit)]
+        cts = tuple(jax.random.normal(kk, (4, *s), jnp.float64)
+                    for kk, s in zip(jax.random.split(k[2], 4), shapes, strict=True))  # fmt: skip
+
+        def member_vjps(fn, radial, unit):
+            return jax.vmap(jax.vjp(fn, radial, unit)[1])(cts)
+
+        def loss(fn, radial, unit):
+            return sum(jnp.sum(jnp.sin(g)) for g in member_vjps(fn, radial, unit))
+
+        for a, b in zip(moments(radial, unit), plain(radial, unit), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        for a, b in zip(member_vjps(moments, radial, unit), member_vjps(plain, radial, unit),
+                        strict=True):  # fmt: skip
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+        grads = jax.grad(loss, argnums=(1, 2))
+        for a, b in zip(grads(moments, radial, unit), grads(plain, radial, unit), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)

@@ -37,6 +37,57 @@ def _triples(n: int) -> np.ndarray:
     return np.array(list(itertools.combinations_with_replacement(range(n), 3))).T
 
 
+def _powers2(u):
+    """(..., 13): 1, u_y, u_y u_z (flattened y * 3 + z)."""
+    u2 = (u[..., :, None] * u[..., None, :]).reshape(*u.shape[:-1], 9)
+    return jnp.concatenate([jnp.ones_like(u[..., :1]), u, u2], axis=-1)
+
+
+def _powers3(u):
+    """(..., 40): 1, u_x, u_x u_y, u_x u_y u_z."""
+    u3 = u[..., :, None, None] * u[..., None, :, None] * u[..., None, None, :]
+    return jnp.concatenate([_powers2(u), u3.reshape(*u.shape[:-1], 27)], axis=-1)
+
+
+@jax.custom_vjp
+def moments(radial, unit):
+    """Cartesian moments of rank 0-3 of one environment per atom:
+    m_c[n, s] = sum_k R[n, k, s] (u_nk)^c, as m0 (N, S), m1 (N, S, 3), m2 (N, S, 3, 3),
+    m3 (N, S, 3, 3, 3).
+
+    The hand-written VJP contracts the cotangents with the radial weights before touching the
+    pair axis, so no (pairs x 40) intermediate is built: a shallow ensemble's M member VJPs
+    (vmapped) run ~10x faster than JAX's derived rule, which is what force uncertainties and
+    force-CRPS training pay for. Reverse mode only (forces, stress, training, jacrev).
+    """
+    m = jnp.einsum("nks,nkc->nsc", radial, _powers3(unit))
+    n, s = m.shape[:2]
+    return (m[..., 0], m[..., 1:4], m[..., 4:13].reshape(n, s, 3, 3),
+            m[..., 13:].reshape(n, s, 3, 3, 3))  # fmt: skip
+
+
+def _moments_fwd(radial, unit):
+    return moments(radial, unit), (radial, unit)
+
+
+def _moments_bwd(residuals, cotangents):
+    radial, unit = residuals
+    d0, d1, d2, d3 = cotangents
+    n, s = d0.shape
+    flat = jnp.concatenate([d0[..., None], d1, d2.reshape(n, s, 9), d3.reshape(n, s, 27)], -1)
+    d_radial = jnp.einsum("nsc,nkc->nks", flat, _powers3(unit))
+    # d m / d u_a: sum over the positions a takes in u_x u_y (u_z), contracted with the cotangent.
+    sym2 = d2 + jnp.swapaxes(d2, -1, -2)
+    sym3 = d3 + jnp.transpose(d3, (0, 1, 3, 2, 4)) + jnp.transpose(d3, (0, 1, 4, 2, 3))
+    a = jnp.concatenate([d1[..., None], sym2, sym3.reshape(n, s, 3, 9)], -1)  # (N, S, 3, 13)
+    rq = (radial[..., :, None] * _powers2(unit)[..., None, :]).reshape(*radial.shape[:2], -1)
+    d_unit = jnp.einsum("nkj,njx->nkx", rq, jnp.swapaxes(a, 2, 3).reshape(n, -1, 3))
+    return d_radial, d_unit
+
+
+moments.defvjp(_moments_fwd, _moments_bwd)
+
+
 def contractions(m0, m1, m2, m3, n_contr: int):
     """Rotational invariants of the moments of one atom's environment, (N, n_features).
 
@@ -112,11 +163,4 @@ class GaussianMoments(nn.Module):
         per_j = jnp.einsum("nkb,nkq,absq->nkas", onehot[idx_j], basis, coeffs)
         radial = jnp.einsum("na,nkas->nks", onehot, per_j)
 
-        u1 = unit
-        u2 = unit[..., :, None] * unit[..., None, :]
-        u3 = u2[..., None] * unit[..., None, None, :]
-        m0 = jnp.sum(radial, axis=1)
-        m1 = jnp.einsum("nks,nkx->nsx", radial, u1)
-        m2 = jnp.einsum("nks,nkxy->nsxy", radial, u2)
-        m3 = jnp.einsum("nks,nkxyz->nsxyz", radial, u3)
-        return contractions(m0, m1, m2, m3, cfg.n_contr)
+        return contractions(*moments(radial, unit), cfg.n_contr)
