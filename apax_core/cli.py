@@ -24,6 +24,12 @@ data:
 model:
   kind: gmnn
   r_max: 5.0                      # cutoff (A), also the neighbour-list cutoff
+# Uncertainties: a shallow ensemble trained with CRPS (bench/uq.py; weight 1 each: a larger
+# energy weight costs force accuracy). Uncomment both:
+#  ensemble: {kind: shallow, n_members: 8}
+# loss:
+#   - {quantity: energy, kind: crps, atoms_exponent: 1}
+#   - {quantity: forces, kind: crps}
 """
 
 

@@ -26,13 +26,19 @@ from apax_core.model_dir import load_model
 from apax_core.train.trainer import train
 
 
-def train_config(directory: Path, train_file, val_file, epochs: int, **overrides) -> TrainConfig:
+def train_config(
+    directory: Path, train_file, val_file, epochs: int, batch_size: int = 8, **overrides
+) -> TrainConfig:
     model = {"n_basis": 7, "n_radial": 5, "r_max": 5.0, "hidden": [128, 128]}
     return TrainConfig.model_validate(
         {
             "directory": str(directory),
             "n_epochs": epochs,
-            "data": {"train_file": str(train_file), "val_file": str(val_file), "batch_size": 8},
+            "data": {
+                "train_file": str(train_file),
+                "val_file": str(val_file),
+                "batch_size": batch_size,
+            },
             "model": model,
             **overrides,
         }

@@ -5,7 +5,8 @@
 Each kind is trained with the reference model size, calibrated on the validation set, and
 evaluated on every test file (uncalibrated and calibrated NLL, miscalibration area, Spearman rho
 of per-structure force uncertainty vs force RMSE; on the union of the test files too). Also
-the cost of one energy+force evaluation at 107 and 864 atoms: single model, shallow M=8 in
+the cost of one energy+force evaluation at 107 atoms (a test cell) and 864 atoms (rattled fcc
+Cu 6x6x6): single model, shallow M=8 in
 mean-force mode and with force uncertainty, full M=4.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import statistics
 import tempfile
@@ -20,15 +22,19 @@ import time
 from pathlib import Path
 
 import jax
-from common import DATA, table, write_result
+from ase import Atoms
+from ase.build import bulk
+from common import DATA, RESULTS, table, write_result
 from train_speed import epoch_times, train_config
 
 from apax_core.config import PadToMax
 from apax_core.data import Dataset, from_atoms, read_frames
 from apax_core.evaluate import error_metrics
+from apax_core.model import build_model, init_params
 from apax_core.model_dir import Model, load_model
 from apax_core.precision import x64
 from apax_core.predict import predict, predictor
+from apax_core.train.data import data_statistics
 from apax_core.train.trainer import train
 from apax_core.uq import fit_calibration, uncertainty_metrics
 
@@ -36,7 +42,7 @@ MODEL = {"n_basis": 7, "n_radial": 5, "r_max": 5.0, "hidden": [128, 128]}
 KINDS = {
     "shallow": {
         "model": {**MODEL, "ensemble": {"kind": "shallow", "n_members": 8}},
-        "loss": [{"quantity": "energy", "kind": "crps", "atoms_exponent": 1.0, "weight": 20.0},
+        "loss": [{"quantity": "energy", "kind": "crps", "atoms_exponent": 1.0, "weight": 1.0},
                  {"quantity": "forces", "kind": "crps"}],
     },
     "full": {"model": {**MODEL, "ensemble": {"kind": "full", "n_members": 4}}},
@@ -52,16 +58,48 @@ def scores(model: Model, structures) -> dict:
             "spearman_forces": unc["spearman_forces"]}  # fmt: skip
 
 
-def cost(model: Model, structures, uncertainty: bool, repeats: int = 10) -> float:
+def cost(model: Model, structures, uncertainty: bool, repeats: int = 30) -> float:
+    """Median seconds of one jitted energy+force call on one structure (robust to load)."""
     fn = predictor(model, stress=False, uncertainty=uncertainty)
     with x64():
         batch = jax.device_put(next(Dataset(structures[:1], model.config.r_max).batches(
             1, PadToMax(), shuffle=False, seed=0)))  # fmt: skip
         jax.block_until_ready(fn(model.params, batch))
-        start = time.perf_counter()
+        times = []
         for _ in range(repeats):
+            start = time.perf_counter()
             jax.block_until_ready(fn(model.params, batch))
-    return (time.perf_counter() - start) / repeats
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def costs(shallow: Model, full: Model, cell) -> dict:
+    """Cost of single, shallow mean-force, shallow force-uncertainty and full ensemble calls at
+    107 atoms (``cell``) and 864 atoms; the single model is the shallow one cut to one output."""
+    big = from_atoms(rattled_fcc_cu((6, 6, 6)))
+    single = Model(shallow.config.model_copy(update={"ensemble": None}), shallow.stats,
+                   _single_params(shallow.params))  # fmt: skip
+    variants = (("single", single, False), ("shallow_mean", shallow, False),
+                ("shallow_unc", shallow, True), ("full", full, True))  # fmt: skip
+    return {label: {str(s.n_atoms): cost(model, [s], unc) for s in (cell, big)}
+            for label, model, unc in variants}  # fmt: skip
+
+
+def untrained(kind: str, train_file: Path) -> Model:
+    """A freshly initialised model of ``kind``: cost does not depend on the weights."""
+    config = train_config(Path("unused"), train_file, train_file, 1, **KINDS[kind])
+    structures = [from_atoms(a) for a in read_frames(train_file)]
+    stats = data_statistics(structures, tuple(sorted({int(z) for s in structures for z in s.Z})))
+    model = build_model(config.model, stats)
+    with x64():
+        return Model(config.model, stats, init_params(model, jax.random.PRNGKey(0)))
+
+
+def print_costs(cost_s: dict) -> None:
+    rows = [{"model": k, **{f"{n} atoms": t for n, t in v.items()},
+             **{f"x single ({n})": t / cost_s["single"][n] for n, t in v.items()}}
+            for k, v in cost_s.items()]  # fmt: skip
+    print(table(rows, list(rows[0])))
 
 
 def main() -> None:
@@ -75,8 +113,20 @@ def main() -> None:
         nargs="+",
         default=[DATA / "cu_bulk_test.extxyz", DATA / "cu_bulk_extra_test.extxyz"],
     )
+    p.add_argument("--cost-only", action="store_true",
+                   help="measure only the evaluation costs (untrained models) and update them "
+                        "in bench/results/uq.json")  # fmt: skip
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    cell = from_atoms(read_frames(args.test[0])[0])
+    if args.cost_only:
+        cost_s = costs(untrained("shallow", args.train), untrained("full", args.train), cell)
+        print_costs(cost_s)
+        previous = RESULTS / "uq.json"
+        out = json.loads(previous.read_text()) if previous.is_file() else {}
+        out.pop("machine", None)
+        print(f"wrote {write_result('uq', {**out, 'cost_s': cost_s})}")
+        return
     val = [from_atoms(a) for a in read_frames(args.val)]
     tests = {f.stem: [from_atoms(a) for a in read_frames(f)] for f in args.test}
     tests["union"] = [s for ss in list(tests.values()) for s in ss]
@@ -100,23 +150,19 @@ def main() -> None:
                 out[kind][name] = entry
                 rows.append({"kind": kind, "test": name, **entry})
             models[kind] = raw
-        cells = tests[args.test[0].stem]
-        big = [from_atoms(read_frames(args.test[0])[0].repeat((2, 2, 2)))]
-        shallow = models["shallow"]
-        single = Model(shallow.config.model_copy(update={"ensemble": None}), shallow.stats,
-                       _single_params(shallow.params))  # fmt: skip
-        out["cost_s"] = {}
-        variants = (("single", single, False), ("shallow_mean", shallow, False),
-                    ("shallow_unc", shallow, True), ("full", models["full"], True))  # fmt: skip
-        for label, model, unc in variants:
-            out["cost_s"][label] = {str(s[0].n_atoms): cost(model, s, unc) for s in (cells, big)}
+        out["cost_s"] = costs(models["shallow"], models["full"], cell)
     cols = ["kind", "test", "energy_mae_meV_atom", "forces_mae_meV_A", "nll_forces_uncalibrated",
             "nll_forces_calibrated", "miscal_area_forces", "spearman_forces"]  # fmt: skip
     print(table(rows, cols))
-    print(table([{"model": k, **v} for k, v in out["cost_s"].items()], ["model", *next(iter(
-        out["cost_s"].values()))]))  # fmt: skip
+    print_costs(out["cost_s"])
     print(f"epoch_s: shallow {out['shallow']['epoch_s']:.2f}, full {out['full']['epoch_s']:.2f}")
     print(f"wrote {write_result('uq', out)}")
+
+
+def rattled_fcc_cu(repeat) -> Atoms:
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
+    atoms.rattle(0.05, seed=0)
+    return atoms
 
 
 def _single_params(params):

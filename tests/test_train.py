@@ -18,7 +18,7 @@ import yaml
 from conftest import TINY, emt_frames, tiny_config
 from flax import serialization
 
-from apax_core.config import LossTerm
+from apax_core.config import LossTerm, TrainConfig
 from apax_core.data import DataError, collate, from_atoms, neighbour_list, write_frames
 from apax_core.evaluate import evaluate
 from apax_core.model_dir import load_model
@@ -247,6 +247,22 @@ def test_template_is_valid_and_validate_accepts_it(tmp_path, data_files):
         (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
         out = run_cli("validate", "train", str(tmp_path / "t.yaml"))
         assert out.returncode == 0, out.stderr
+
+
+def test_template_ensemble_lines_validate_when_uncommented():
+    from apax_core.cli import MINIMAL_TRAIN
+
+    text = (
+        MINIMAL_TRAIN.replace("#  ensemble", "  ensemble")
+        .replace("# loss:", "loss:")
+        .replace("#   - ", "  - ")
+    )
+    config = TrainConfig.model_validate(yaml.safe_load(text))
+    assert config.model.ensemble.kind == "shallow"
+    assert [(t.quantity, t.kind, t.weight) for t in config.loss] == [
+        ("energy", "crps", 1.0),
+        ("forces", "crps", 1.0),
+    ]
 
 
 def test_checkpoint_of_a_different_run_is_not_resumed(data_files, tmp_path):
