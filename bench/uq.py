@@ -6,8 +6,8 @@ Each kind is trained with the reference model size, calibrated on the validation
 evaluated on every test file (uncalibrated and calibrated NLL, miscalibration area, Spearman rho
 of per-structure force uncertainty vs force RMSE; on the union of the test files too). Also
 the cost of one energy+force evaluation at 107 atoms (a test cell) and 864 atoms (rattled fcc
-Cu 6x6x6): single model, shallow M=8 in
-mean-force mode and with force uncertainty, full M=4.
+Cu 6x6x6): single model, shallow M=8 in mean-force mode and with force uncertainty, full M=4
+(median of 30 calls; ``--cost-only`` measures just these, on untrained models).
 """
 
 from __future__ import annotations
