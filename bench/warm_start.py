@@ -87,7 +87,7 @@ def main() -> None:
             row[f"{f.stem}_E"] = r[f.stem]["energy_mae_meV_atom"]
             row[f"{f.stem}_F"] = r[f.stem]["forces_mae_meV_A"]
         rows.append(row)
-    print(table(rows, list(rows[2])))
+    print(table(rows, list(dict.fromkeys(k for r in rows for k in r))))
     verdict = {
         name: {
             "wall_ratio_warm_over_scratch": results[name]["wall_s"] / wall,
