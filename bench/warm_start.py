@@ -64,7 +64,6 @@ def main() -> None:
         plain = train_config(tmp / "warm_defaults", grown, val, first, progress_bar=False,
                              warm_start=warm_start)  # fmt: skip
         results[f"warm_defaults_{first}ep"] = run(plain, tests)
-        warm_runs = []
         for fraction in args.fractions:
             epochs = max(1, round(fraction * args.epochs))
             name = f"warm_{epochs}ep"
@@ -73,30 +72,28 @@ def main() -> None:
                 warm_start=warm_start, optimizer={"learning_rates": scaled_rates(args.lr_factor)},
             )  # fmt: skip
             results[name] = run(config, tests)
-            warm_runs.append(name)
         scratch = train_config(tmp / "scratch", grown, val, args.epochs, progress_bar=False)
         results["scratch"] = run(scratch, tests)
     wall = results["scratch"]["wall_s"]
+    verdict = {
+        name: {
+            "wall_ratio_warm_over_scratch": r["wall_s"] / wall,
+            "warm_at_least_as_accurate_on_extra": at_least_as_accurate(r, results["scratch"]),
+        }
+        for name, r in results.items()
+        if name.startswith("warm")
+    }
     rows = []
     for name, r in results.items():
         row = {"run": name, "n_epochs": r["n_epochs"], "wall_s": r["wall_s"]}
-        if name.startswith("warm"):
-            row["wall/scratch"] = r["wall_s"] / wall
-            row["as_accurate"] = at_least_as_accurate(r, results["scratch"])
+        if name in verdict:
+            row["wall/scratch"] = verdict[name]["wall_ratio_warm_over_scratch"]
+            row["as_accurate"] = verdict[name]["warm_at_least_as_accurate_on_extra"]
         for f in tests:
             row[f"{f.stem}_E"] = r[f.stem]["energy_mae_meV_atom"]
             row[f"{f.stem}_F"] = r[f.stem]["forces_mae_meV_A"]
         rows.append(row)
     print(table(rows, list(dict.fromkeys(k for r in rows for k in r))))
-    verdict = {
-        name: {
-            "wall_ratio_warm_over_scratch": results[name]["wall_s"] / wall,
-            "warm_at_least_as_accurate_on_extra": at_least_as_accurate(
-                results[name], results["scratch"]
-            ),
-        }
-        for name in warm_runs
-    }
     settings = {"epochs": args.epochs, "fractions": args.fractions,
                 "lr_factor": args.lr_factor, "batch_size": args.batch_size}  # fmt: skip
     path = write_result("warm_start", {"runs": results, "verdict": verdict, **settings})
