@@ -2,6 +2,7 @@
 
     python bench/warm_start.py [--epochs 40] [--fractions 0.25 0.5] [--lr-factor 0.3]
                                [--batch-size 2] [--scratch-batch-size 8] [--extra-frames N]
+                               [--seed 0]
 
 1. base: train ``--epochs`` on cu_bulk_train (validated on cu_bulk_val), template defaults
    except the batch size ``--scratch-batch-size``;
@@ -12,13 +13,14 @@
    2 costs no more than at 8); plus one warm run at the template defaults for reference;
 3. scratch: train the same grown data from scratch for all epochs, batched as the base.
 Reports test MAEs on cu_bulk_test and cu_bulk_extra_test and wall times (warm / scratch);
-writes bench/results/warm_start[_<N>ep][_scratch_b<B>][_extra<K>].json (suffixes when the
-options differ from their defaults).
+writes bench/results/warm_start[_<N>ep][_scratch_b<B>][_extra<K>][_seed<S>].json (a suffix
+for each option that differs from its default).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import tempfile
 from pathlib import Path
@@ -53,7 +55,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--scratch-batch-size", type=int, default=8)
     p.add_argument("--extra-frames", type=int, default=None, help="default: all 200")
+    p.add_argument("--seed", type=int, default=0, help="parameter initialisation of every run")
     args = p.parse_args()
+    config = functools.partial(train_config, seed=args.seed)
     logging.basicConfig(level=logging.WARNING)
     tests = [DATA / "cu_bulk_test.extxyz", DATA / f"{EXTRA}.extxyz"]
     val = DATA / "cu_bulk_val.extxyz"
@@ -65,24 +69,24 @@ def main() -> None:
             keep = np.linspace(0, len(extra) - 1, args.extra_frames).round().astype(int)
             extra = [extra[k] for k in keep]
         write_frames(grown, read_frames(DATA / "cu_bulk_train.extxyz") + extra)
-        base = train_config(tmp / "base", DATA / "cu_bulk_train.extxyz", val, args.epochs,
-                            batch_size=args.scratch_batch_size, progress_bar=False)  # fmt: skip
+        base = config(tmp / "base", DATA / "cu_bulk_train.extxyz", val, args.epochs,
+                      batch_size=args.scratch_batch_size, progress_bar=False)  # fmt: skip
         results = {"base": run(base, tests)}
         warm_start = {"model": str(tmp / "base")}
         first = max(1, round(args.fractions[0] * args.epochs))
-        plain = train_config(tmp / "warm_defaults", grown, val, first, progress_bar=False,
-                             warm_start=warm_start)  # fmt: skip
+        plain = config(tmp / "warm_defaults", grown, val, first, progress_bar=False,
+                       warm_start=warm_start)  # fmt: skip
         results[f"warm_defaults_{first}ep"] = run(plain, tests)
         for fraction in args.fractions:
             epochs = max(1, round(fraction * args.epochs))
             name = f"warm_{epochs}ep"
-            config = train_config(
+            warm = config(
                 tmp / name, grown, val, epochs, batch_size=args.batch_size, progress_bar=False,
                 warm_start=warm_start, optimizer={"learning_rates": scaled_rates(args.lr_factor)},
             )  # fmt: skip
-            results[name] = run(config, tests)
-        scratch = train_config(tmp / "scratch", grown, val, args.epochs,
-                               batch_size=args.scratch_batch_size, progress_bar=False)  # fmt: skip
+            results[name] = run(warm, tests)
+        scratch = config(tmp / "scratch", grown, val, args.epochs,
+                         batch_size=args.scratch_batch_size, progress_bar=False)  # fmt: skip
         results["scratch"] = run(scratch, tests)
     wall = results["scratch"]["wall_s"]
     verdict = {
@@ -108,6 +112,7 @@ def main() -> None:
     name = "warm_start" + (f"_{args.epochs}ep" if args.epochs != 40 else "")
     name += f"_scratch_b{args.scratch_batch_size}" if args.scratch_batch_size != 8 else ""
     name += f"_extra{args.extra_frames}" if args.extra_frames is not None else ""
+    name += f"_seed{args.seed}" if args.seed else ""
     path = write_result(name, {"runs": results, "verdict": verdict, **settings})
     print(f"wrote {path}")
 
