@@ -108,12 +108,11 @@ def main() -> None:
             row[f"{f.stem}_F"] = r[f.stem]["forces_mae_meV_A"]
         rows.append(row)
     print(table(rows, list(dict.fromkeys(k for r in rows for k in r))))
-    settings = vars(args)
     name = "warm_start" + (f"_{args.epochs}ep" if args.epochs != 40 else "")
     name += f"_scratch_b{args.scratch_batch_size}" if args.scratch_batch_size != 8 else ""
     name += f"_extra{args.extra_frames}" if args.extra_frames is not None else ""
     name += f"_seed{args.seed}" if args.seed else ""
-    path = write_result(name, {"runs": results, "verdict": verdict, **settings})
+    path = write_result(name, {"runs": results, "verdict": verdict, **vars(args)})
     print(f"wrote {path}")
 
 
