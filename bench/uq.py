@@ -34,7 +34,7 @@ from apax_core.model import build_model, init_params
 from apax_core.model_dir import Model, load_model
 from apax_core.precision import x64
 from apax_core.predict import predict, predictor
-from apax_core.train.data import data_statistics
+from apax_core.train.data import data_statistics, model_elements
 from apax_core.train.trainer import train
 from apax_core.uq import fit_calibration, uncertainty_metrics
 
@@ -89,7 +89,7 @@ def untrained(kind: str, train_file: Path) -> Model:
     """A freshly initialised model of ``kind``: cost does not depend on the weights."""
     config = train_config(Path("unused"), train_file, train_file, 1, **KINDS[kind])
     structures = [from_atoms(a) for a in read_frames(train_file)]
-    stats = data_statistics(structures, tuple(sorted({int(z) for s in structures for z in s.Z})))
+    stats = data_statistics(structures, model_elements(config, structures, None))
     model = build_model(config.model, stats)
     with x64():
         return Model(config.model, stats, init_params(model, jax.random.PRNGKey(0)))
