@@ -1,4 +1,4 @@
-"""Command line: ``apax-core train | eval | select | md | validate | template``."""
+"""Command line: ``apax-core train | eval | calibrate | select | md | validate | template``."""
 
 from __future__ import annotations
 
@@ -10,22 +10,22 @@ from pathlib import Path
 
 import yaml
 
-from apax_core.config import ConfigError, TrainConfig, load_config
+from apax_core.config import ConfigError, MDConfig, MDRun, TrainConfig, TrainRun, load_job
 
 MINIMAL_TRAIN = """\
-# apax-core training config: the minimal form. Every other option has a tuned default;
-# `apax-core template train --full` lists them all.
+# apax-core training: run arguments (where from, where to) and the spec (what to train).
+# Every other option has a default; `apax-core template train --full` lists them all.
 directory: models/my_model        # the model directory (written, and resumed from)
+train_file: train.extxyz          # any ASE-readable file or H5MD
+val_file: val.extxyz              # or leave out: data.val_fraction is held out
+# base_model: models/previous     # warm start from this model directory
 n_epochs: 40
 data:
-  train_file: train.extxyz        # any ASE-readable file or H5MD
-  val_file: val.extxyz            # or leave out and set val_fraction: 0.1
-  batch_size: 8                   # 2: lower errors in less time on a CPU (bench/warm_start.py)
+  batch_size: 8
 model:
   kind: gmnn
   r_max: 5.0                      # cutoff (A), also the neighbour-list cutoff
-# Uncertainties: a shallow ensemble trained with CRPS (bench/uq.py; weight 1 each: a larger
-# energy weight costs force accuracy). Uncomment both:
+# Uncertainties: a shallow ensemble trained with CRPS. Uncomment both:
 #  ensemble: {kind: shallow, n_members: 8}
 # loss:
 #   - {quantity: energy, kind: crps, atoms_exponent: 1}
@@ -34,8 +34,11 @@ model:
 
 
 MINIMAL_MD = """\
-# apax-core MD config: the minimal form. `apax-core template md --full` lists every option.
-# Run: apax-core md MODEL_DIR md.yaml --structure start.extxyz --directory md
+# apax-core MD: run arguments and the spec. `apax-core template md --full` lists every option.
+# Needs an ensemble model for its stop check (train with the ensemble lines of the train
+# template), or drop the check. Run: apax-core md MODEL_DIR md.yaml
+structure: start.extxyz           # initial structure (or --structure)
+directory: md                     # trajectory, checkpoint, status (or --directory)
 dynamics:
   kind: nvt                       # nve | nvt (Nose-Hoover chain) | langevin
   thermostat: {chain_length: 3, chain_steps: 2, sy_steps: 3, tau: 100}  # tau in steps
@@ -50,21 +53,31 @@ n_inner: 500                      # steps per compiled chunk
 sampling_rate: 10                 # keep a frame every 10 steps
 checks:                           # stop when the model is unsure (needs an ensemble)
   - {kind: forces_uncertainty, threshold: 1.0}
-traj_name: md.h5
 """
+
+JOBS = {"train": (TrainConfig, TrainRun), "md": (MDConfig, MDRun)}
+
+
+def _load(kind: str, path: str):
+    """(spec, run arguments) of a job file, or None after printing every error."""
+    try:
+        return load_job(path, *JOBS[kind])
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return None
 
 
 def _cmd_validate(args) -> int:
-    try:
-        config = load_config(args.config, TrainConfig)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+    job = _load(args.kind, args.config)
+    if job is None:
         print("Configuration invalid.", file=sys.stderr)
         return 1
+    run = job[1]
+    files = ("train_file", "val_file", "base_model") if args.kind == "train" else ("structure",)
     missing = [
-        f"data.{name}: file not found: {path}"
-        for name in ("train_file", "val_file")
-        if (path := getattr(config.data, name)) is not None and not Path(path).exists()
+        f"{name}: file not found: {path}"
+        for name in files
+        if (path := getattr(run, name)) is not None and not Path(path).exists()
     ]
     if missing:
         print("\n".join(missing), file=sys.stderr)
@@ -74,36 +87,29 @@ def _cmd_validate(args) -> int:
 
 
 def _cmd_template(args) -> int:
-    if args.kind == "md":
-        from apax_core.config.md import MDConfig
-
-        if args.full:
-            example = MDConfig(duration=100_000.0)
-            print(yaml.safe_dump(example.model_dump(mode="json"), sort_keys=False), end="")
-        else:
-            print(MINIMAL_MD, end="")
+    if not args.full:
+        print(MINIMAL_MD if args.kind == "md" else MINIMAL_TRAIN, end="")
         return 0
-    if args.full:
-        example = TrainConfig(
-            directory="models/my_model",
-            n_epochs=40,
-            data={"train_file": "train.extxyz", "val_file": "val.extxyz"},
-        )
-        print(yaml.safe_dump(example.model_dump(mode="json"), sort_keys=False), end="")
+    if args.kind == "md":
+        run, spec = MDRun(structure="start.extxyz"), MDConfig(duration=100_000.0)
     else:
-        print(MINIMAL_TRAIN, end="")
+        run = TrainRun(
+            directory="models/my_model", train_file="train.extxyz", val_file="val.extxyz"
+        )
+        spec = TrainConfig(n_epochs=40)
+    full = {**run.model_dump(mode="json"), **spec.model_dump(mode="json")}
+    print(yaml.safe_dump(full, sort_keys=False), end="")
     return 0
 
 
 def _cmd_train(args) -> int:
-    from apax_core.train.trainer import train
+    from apax_core.train.trainer import train_run
 
-    try:
-        config = load_config(args.config, TrainConfig)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+    job = _load("train", args.config)
+    if job is None:
         return 1
-    directory = train(config)
+    spec, run = job
+    directory = train_run(spec, run)
     print(json.dumps(json.loads((directory / "metrics.json").read_text()), indent=2))
     return 0
 
@@ -125,6 +131,22 @@ def _cmd_eval(args) -> int:
     out = Path(args.json or Path(args.model) / f"eval_{Path(args.data).stem}.json")
     atomic_write(out, json.dumps(metrics, indent=2))
     print(f"wrote {out}")
+    return 0
+
+
+def _cmd_calibrate(args) -> int:
+    from apax_core.data import from_atoms, read_frames
+    from apax_core.model_dir import load_model
+    from apax_core.uq import calibrate_model
+
+    model = load_model(args.model)
+    structures = [from_atoms(a) for a in read_frames(args.data)]
+    cal = calibrate_model(model, structures, batch_size=args.batch_size).calibration
+    cal.save(args.model)
+    print(
+        f"energy factor {cal.energy:.4g}, forces factor {cal.forces:.4g}: "
+        f"wrote {Path(args.model) / 'calibration.json'}"
+    )
     return 0
 
 
@@ -180,21 +202,67 @@ def _cmd_select(args) -> int:
 
 
 def _cmd_md(args) -> int:
-    from apax_core.config.md import MDConfig
     from apax_core.data import read_frames
     from apax_core.md import run_md
     from apax_core.model_dir import load_model
 
-    try:
-        config = load_config(args.config, MDConfig)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+    job = _load("md", args.config)
+    if job is None:
+        return 1
+    spec, run = job
+    flags = {"structure": args.structure, "index": args.index, "directory": args.directory}
+    run = run.model_copy(update={k: v for k, v in flags.items() if v is not None})
+    if run.structure is None:
+        print(
+            "md: no initial structure (set `structure` in the config or --structure)",
+            file=sys.stderr,
+        )
         return 1
     model = load_model(args.model)
-    atoms = read_frames(args.structure)[args.index]
-    result = run_md(model, atoms, config, Path(args.directory))
+    atoms = read_frames(run.structure)[run.index]
+    result = run_md(
+        model,
+        atoms,
+        spec,
+        run.directory,
+        traj_name=run.traj_name,
+        restart=run.restart,
+        progress_bar=run.progress_bar,
+    )
     print(json.dumps({"trajectory": str(result.trajectory), **result.status}, indent=2))
     return 0
+
+
+def _select_parser(sub) -> None:
+    se = sub.add_parser("select", help="choose pool structures to label next (batch selection)")
+    se.add_argument("model", help="model directory")
+    se.add_argument("train", help="training structures (selection avoids their neighbourhood)")
+    se.add_argument("pool", help="candidate structures")
+    se.add_argument("-n", type=int, required=True, help="how many structures to select")
+    se.add_argument(
+        "--method", default="max_distance", choices=["max_distance", "random", "max_uncertainty"]
+    )
+    se.add_argument(
+        "--feature-map",
+        default="last_layer_gradient",
+        choices=["last_layer_gradient", "descriptor_mean"],
+    )
+    se.add_argument("--projection-dim", type=int, help="random projection to this dimension")
+    se.add_argument("--min-distance", type=float, help="stop below this feature distance")
+    se.add_argument("--seed", type=int, default=0, help="random selection / projection seed")
+    se.add_argument(
+        "--quantity",
+        default="energy",
+        choices=["energy", "forces"],
+        help="uncertainty used by max_uncertainty",
+    )
+    se.add_argument("--min-spacing", type=int, default=1, help="max_uncertainty: index spacing")
+    se.add_argument("--batch-size", type=int, default=4)
+    se.add_argument(
+        "--no-curve", action="store_true", help="skip ranking the whole pool (no distance curve)"
+    )
+    se.add_argument("--out", default="selection", help="output directory (default: selection)")
+    se.set_defaults(fn=_cmd_select)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -202,7 +270,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check a config file; print every error")
-    v.add_argument("kind", choices=["train"])
+    v.add_argument("kind", choices=["train", "md"])
     v.add_argument("config")
     v.set_defaults(fn=_cmd_validate)
 
@@ -222,34 +290,21 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="where to write the metrics (default: MODEL/eval_DATA.json)")
     e.set_defaults(fn=_cmd_eval)
 
+    c = sub.add_parser("calibrate", help="fit an ensemble's uncertainty calibration (NLL)")
+    c.add_argument("model", help="model directory (its calibration.json is updated)")
+    c.add_argument("data", help="labelled validation structures")
+    c.add_argument("--batch-size", type=int, default=16)
+    c.set_defaults(fn=_cmd_calibrate)
+
     m = sub.add_parser("md", help="molecular dynamics with the JAX engine (resumes if interrupted)")
     m.add_argument("model", help="model directory")
     m.add_argument("config", help="MD config (YAML); see `apax-core template md`")
-    m.add_argument("--structure", required=True, help="file holding the initial structure")
-    m.add_argument("--index", type=int, default=-1, help="which frame of --structure (default -1)")
-    m.add_argument("--directory", default="md", help="run directory (trajectory, checkpoint)")
+    m.add_argument("--structure", help="file holding the initial structure (overrides config)")
+    m.add_argument("--index", type=int, help="which frame of the structure file (default -1)")
+    m.add_argument("--directory", help="run directory: trajectory, checkpoint (default md)")
     m.set_defaults(fn=_cmd_md)
 
-    se = sub.add_parser("select", help="choose pool structures to label next (batch selection)")
-    se.add_argument("model", help="model directory")
-    se.add_argument("train", help="training structures (selection avoids their neighbourhood)")
-    se.add_argument("pool", help="candidate structures")
-    se.add_argument("-n", type=int, required=True, help="how many structures to select")
-    se.add_argument("--method", default="max_distance",
-                    choices=["max_distance", "random", "max_uncertainty"])  # fmt: skip
-    se.add_argument("--feature-map", default="last_layer_gradient",
-                    choices=["last_layer_gradient", "descriptor_mean"])  # fmt: skip
-    se.add_argument("--projection-dim", type=int, help="random projection to this dimension")
-    se.add_argument("--min-distance", type=float, help="stop below this feature distance")
-    se.add_argument("--seed", type=int, default=0, help="random selection / projection seed")
-    se.add_argument("--quantity", default="energy", choices=["energy", "forces"],
-                    help="uncertainty used by max_uncertainty")  # fmt: skip
-    se.add_argument("--min-spacing", type=int, default=1, help="max_uncertainty: index spacing")
-    se.add_argument("--batch-size", type=int, default=4)
-    se.add_argument("--no-curve", action="store_true",
-                    help="skip ranking the whole pool (no distance curve)")  # fmt: skip
-    se.add_argument("--out", default="selection", help="output directory (default: selection)")
-    se.set_defaults(fn=_cmd_select)
+    _select_parser(sub)
     return p
 
 

@@ -1,6 +1,6 @@
 """The model directory: the one artefact that travels between training, MD, selection and nodes.
 
-    config.yaml       the validated training config
+    config.yaml       the training spec (its ``model`` section defines the model)
     statistics.json   elements and data statistics the model was built with
     params.msgpack    the parameters consumers use (best validation epoch; EMA weights if enabled)
     calibration.json  optional post-hoc uncertainty calibration factors
@@ -18,6 +18,7 @@ from pathlib import Path
 import jax
 import yaml
 from flax import serialization
+from pydantic import TypeAdapter
 
 from apax_core.config import ModelConfig, TrainConfig
 from apax_core.files import atomic_write
@@ -30,7 +31,7 @@ from apax_core.model import (
     make_member_apply,
 )
 from apax_core.precision import x64
-from apax_core.uq import Calibration
+from apax_core.transforms.calibration import Calibration
 
 CONFIG, STATS, PARAMS = "config.yaml", "statistics.json", "params.msgpack"
 
@@ -85,7 +86,8 @@ def load_model(path: str | Path) -> Model:
     missing = [f for f in (CONFIG, STATS, PARAMS) if not (directory / f).is_file()]
     if missing:
         raise FileNotFoundError(f"{directory} is not a model directory: missing {missing}")
-    config = TrainConfig.model_validate(yaml.safe_load((directory / CONFIG).read_text())).model
+    raw = yaml.safe_load((directory / CONFIG).read_text()) or {}
+    config = TypeAdapter(ModelConfig).validate_python(raw.get("model", {}))
     stats = read_stats(directory)
     with x64():
         template = init_params(build_model(config, stats), jax.random.PRNGKey(0))

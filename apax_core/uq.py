@@ -6,11 +6,8 @@ the validation errors under sigma -> f sigma, which has the closed form f^2 = me
 
 from __future__ import annotations
 
-import csv
-import io
-import json
+import dataclasses
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,25 +15,10 @@ from scipy.special import erfinv
 from scipy.stats import spearmanr
 
 from apax_core.data import Structure
-from apax_core.files import atomic_write
-
-CALIBRATION = "calibration.json"
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """Global factors applied to energy and force (and stress) standard deviations."""
-
-    energy: float = 1.0
-    forces: float = 1.0
-
-    def save(self, directory: Path) -> None:
-        atomic_write(Path(directory) / CALIBRATION, json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, directory: Path) -> Calibration:
-        path = Path(directory) / CALIBRATION
-        return cls(**json.loads(path.read_text())) if path.is_file() else cls()
+from apax_core.model_dir import Model
+from apax_core.plots import reliability_png, write_csv
+from apax_core.predict import predict
+from apax_core.transforms import Calibration
 
 
 def errors_and_sigmas(preds: list[dict], structures: Sequence[Structure], quantity: str):
@@ -53,13 +35,23 @@ def errors_and_sigmas(preds: list[dict], structures: Sequence[Structure], quanti
 
 
 def fit_calibration(preds: list[dict], structures: Sequence[Structure]) -> Calibration:
-    """Factors that minimise the NLL on (validation) predictions made with factors 1."""
+    """Factors that minimise the NLL of ``preds`` (relative to the factors they were made with)."""
 
     def factor(q):
         e, s = errors_and_sigmas(preds, structures, q)
         return float(np.sqrt(np.mean(e**2 / np.maximum(s, 1e-12) ** 2)))
 
     return Calibration(energy=factor("energy"), forces=factor("forces"))
+
+
+def calibrate_model(model: Model, structures: Sequence[Structure], batch_size: int = 16) -> Model:
+    """``model`` with its calibration refitted on (validation) ``structures``: the new factors
+    are fitted to its calibrated predictions and composed with the stored ones."""
+    if model.config.n_members < 2:
+        raise ValueError("calibration needs an ensemble model (config.model.ensemble)")
+    preds = predict(model, structures, mode="uncertainty", batch_size=batch_size)
+    fitted = model.calibration * fit_calibration(preds, structures)
+    return dataclasses.replace(model, calibration=fitted)
 
 
 def gaussian_nll(err, sigma) -> float:
@@ -107,31 +99,13 @@ def uncertainty_metrics(preds: list[dict], structures: Sequence[Structure]) -> d
     return out
 
 
-def reliability_diagram(preds, structures, quantity: str, path_stem: Path) -> None:
-    """Coverage curve as CSV (for dvc plots) and PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def reliability_diagram(preds, structures, quantity: str, path_stem: Path) -> list[Path]:
+    """Coverage curve of ``quantity`` as CSV (for dvc plots) and PNG."""
     e, s = errors_and_sigmas(preds, structures, quantity)
     expected, observed = coverage_curve(e, s)
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["expected", "observed"])
-    writer.writerows(zip(expected.round(4), observed.round(4), strict=True))
-    atomic_write(path_stem.with_suffix(".csv"), buf.getvalue())
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
-    ax.plot(expected, observed, lw=2, label=quantity)
-    ax.set(
-        xlabel="expected coverage",
-        ylabel="observed coverage",
-        title=f"miscalibration area {miscalibration_area(e, s):.3f}",
-    )
-    ax.legend()
-    fig.tight_layout()
-    tmp = path_stem.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path_stem.with_suffix(".png"))
+    rows = zip(expected.round(4), observed.round(4), strict=True)
+    title = f"{quantity}: miscalibration area {miscalibration_area(e, s):.3f}"
+    return [
+        write_csv(path_stem.with_suffix(".csv"), ["expected", "observed"], rows),
+        reliability_png(expected, observed, title, path_stem.with_suffix(".png")),
+    ]

@@ -1,13 +1,16 @@
 """ZnTrack nodes for active learning with apax_core. One small file per node; no numerics here."""
 
+from apax_nodes.bootstrap import Bootstrap
+from apax_nodes.build_bulk import BuildBulk
 from apax_nodes.calibrate import Calibrate
-from apax_nodes.data import Bootstrap, BuildBulk, LoadData, Split
 from apax_nodes.dataset import Dataset
 from apax_nodes.evaluate import Evaluate
 from apax_nodes.label import EMTLabeller, GenericLabeller, Label, LJLabeller
+from apax_nodes.load_data import LoadData
 from apax_nodes.md import MD
 from apax_nodes.reference_md import ReferenceMD
 from apax_nodes.select import Select
+from apax_nodes.split import Split
 from apax_nodes.train import Train
 
 __all__ = [

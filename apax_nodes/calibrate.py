@@ -10,7 +10,7 @@ import zntrack
 
 from apax_core.data import from_atoms
 from apax_core.predict import predict
-from apax_core.uq import fit_calibration, uncertainty_metrics
+from apax_core.uq import calibrate_model, uncertainty_metrics
 from apax_nodes.model import ModelNode, local_model_dir
 
 
@@ -23,16 +23,14 @@ class Calibrate(zntrack.Node, ModelNode):
     metrics: dict = zntrack.metrics()
 
     def run(self) -> None:
-        base = self.model.get_model()
-        if base.config.ensemble is None:
-            raise ValueError(f"{self.name}: calibration needs an ensemble model")
         structures = [from_atoms(a) for a in self.data]
-        preds = predict(base, structures, uncertainty=True)  # base: factors 1, or earlier ones
-        cal = fit_calibration(preds, structures)
-        cal = type(cal)(energy=cal.energy * base.calibration.energy,
-                        forces=cal.forces * base.calibration.forces)  # fmt: skip
+        calibrated = calibrate_model(self.model.get_model(), structures)
         shutil.copytree(local_model_dir(self.model), self.model_dir, dirs_exist_ok=True)
-        cal.save(self.model_dir)
-        calibrated = predict(self.get_model(), structures, uncertainty=True)
-        self.metrics = {"energy_factor": cal.energy, "forces_factor": cal.forces,
-                        **uncertainty_metrics(calibrated, structures)}  # fmt: skip
+        calibrated.calibration.save(self.model_dir)
+        preds = predict(calibrated, structures, mode="uncertainty")
+        cal = calibrated.calibration
+        self.metrics = {
+            "energy_factor": cal.energy,
+            "forces_factor": cal.forces,
+            **uncertainty_metrics(preds, structures),
+        }

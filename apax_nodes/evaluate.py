@@ -11,30 +11,9 @@ import zntrack
 
 from apax_core.data import from_atoms
 from apax_core.evaluate import error_metrics
+from apax_core.plots import parity_png
 from apax_core.predict import predict
 from apax_core.uq import reliability_diagram, uncertainty_metrics
-
-
-def parity_png(reference: np.ndarray, predicted: np.ndarray, title: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4, 4))
-    ax.scatter(reference, predicted, s=2, alpha=0.4)
-    lo, hi = (
-        float(min(reference.min(), predicted.min())),
-        float(max(reference.max(), predicted.max())),
-    )
-    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-    ax.set(xlabel="reference force (eV/A)", ylabel="predicted force (eV/A)", title=title)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
 
 
 class Evaluate(zntrack.Node):
@@ -44,8 +23,7 @@ class Evaluate(zntrack.Node):
     model: zntrack.Node = zntrack.deps()
     data: list[ase.Atoms] = zntrack.deps()
     metrics: dict = zntrack.metrics()
-    force_parity: pd.DataFrame = zntrack.plots(x="reference", y="predicted",
-                                               template="scatter")  # fmt: skip
+    force_parity: pd.DataFrame = zntrack.plots(x="reference", y="predicted", template="scatter")
     plots_dir: Path = zntrack.outs_path(zntrack.nwd / "plots")
 
     def run(self) -> None:
@@ -53,8 +31,9 @@ class Evaluate(zntrack.Node):
         structures = [from_atoms(a) for a in self.data]
         if not structures:
             raise ValueError(f"{self.name}: no structures to evaluate")
-        ensemble = model.config.ensemble is not None
-        preds = predict(model, structures, uncertainty=ensemble, progress=True)
+        ensemble = model.config.n_members > 1
+        mode = "uncertainty" if ensemble else "forces"
+        preds = predict(model, structures, mode=mode, progress=True)
         metrics = error_metrics(preds, structures)
         self.plots_dir.mkdir(parents=True, exist_ok=True)
         if ensemble:
@@ -64,5 +43,5 @@ class Evaluate(zntrack.Node):
         ref = np.concatenate([s.forces.ravel() for s in structures])
         pred = np.concatenate([p["forces"].ravel() for p in preds])
         self.force_parity = pd.DataFrame({"reference": ref, "predicted": pred}).round(5)
-        parity_png(ref, pred, f"{self.name}: MAE {metrics['forces_mae']:.1f} meV/A",
-                   self.plots_dir / "force_parity.png")  # fmt: skip
+        title = f"{self.name}: MAE {metrics['forces_mae']:.1f} meV/A"
+        parity_png(ref, pred, title, self.plots_dir / "force_parity.png")

@@ -19,7 +19,7 @@ from apax_nodes.evaluate import Evaluate
 from apax_nodes.label import Label
 from apax_nodes.md import MD, md_config
 from apax_nodes.select import Select, selection_method
-from apax_nodes.train import Train, train_config
+from apax_nodes.train import Train, train_spec
 
 
 @dataclass
@@ -41,12 +41,9 @@ class LoopSettings:
             raise ValueError(f"n_iterations must be at least 1, got {self.n_iterations}")
         if self.n_select < 1:
             raise ValueError(f"n_select must be at least 1, got {self.n_select}")
-        for name, cfg, warm in (("train", self.train, False),
-                                ("warm_train", self.warm_train or self.train, True)):  # fmt: skip
-            # The Train node fills in the base model of a warm start; a stand-in validates.
-            extra = {"warm_start": {**cfg.get("warm_start", {}), "model": "base"}} if warm else {}
+        for name, spec in (("train", self.train), ("warm_train", self.warm_train or self.train)):
             try:
-                train_config(cfg, directory="model", train_file="data", **extra)
+                train_spec(spec)
             except ValueError as err:
                 raise ValueError(f"LoopSettings.{name}: {err}") from None
         md_config(self.md)
@@ -77,15 +74,21 @@ def build_loop(
         with project.group(f"iter{i}"):
             config = settings.train if model is None else settings.warm_train or settings.train
             val = getattr(initial_data, validation)
-            nodes = {"train": Train(data=dataset.frames, validation_data=val, model=model,
-                                    config=config)}  # fmt: skip
+            nodes = {
+                "train": Train(data=dataset.frames, validation_data=val, model=model, config=config)
+            }
             nodes["evaluate"] = Evaluate(model=nodes["train"], data=test_data.frames)
             if not last:
-                nodes["md"] = MD(model=nodes["train"], data=start_structures.frames,
-                                 config=settings.md)  # fmt: skip
-                nodes["select"] = Select(model=nodes["train"], pool=nodes["md"].frames,
-                                         train_data=dataset.frames, n=settings.n_select,
-                                         method=settings.select_method)  # fmt: skip
+                nodes["md"] = MD(
+                    model=nodes["train"], data=start_structures.frames, config=settings.md
+                )
+                nodes["select"] = Select(
+                    model=nodes["train"],
+                    pool=nodes["md"].frames,
+                    train_data=dataset.frames,
+                    n=settings.n_select,
+                    method=settings.select_method,
+                )
                 nodes["label"] = Label(data=nodes["select"].frames, labeller=labeller)
                 nodes["dataset"] = Dataset(previous=dataset, new=nodes["label"].frames)
                 dataset = nodes["dataset"]

@@ -21,8 +21,11 @@ def tidy_dvc_yaml(path: str | Path = "dvc.yaml") -> None:
     spec = yaml.safe_load(path.read_text())
     for stage in spec.get("stages", {}).values():
         metrics = stage.get("metrics", [])
-        meta = [m for m in metrics if isinstance(m, dict) and any(
-            str(k).endswith("node-meta.json") for k in m)]  # fmt: skip
+        meta = [
+            m
+            for m in metrics
+            if isinstance(m, dict) and any(str(k).endswith("node-meta.json") for k in m)
+        ]
         if not meta:
             continue
         stage["metrics"] = [m for m in metrics if m not in meta]

@@ -38,8 +38,13 @@ class ReferenceMD(zntrack.Node):
         atoms.calc = self.labeller.get_calculator()
         rng = np.random.default_rng(self.seed)
         MaxwellBoltzmannDistribution(atoms, temperature_K=self.temperature, rng=rng)
-        dyn = Langevin(atoms, self.timestep * units.fs, temperature_K=self.temperature,
-                       friction=self.friction / units.fs, rng=rng)  # fmt: skip
+        dyn = Langevin(
+            atoms,
+            self.timestep * units.fs,
+            temperature_K=self.temperature,
+            friction=self.friction / units.fs,
+            rng=rng,
+        )
         frames = []
         for _ in tqdm(range(self.steps // self.sampling_rate), desc=self.name):
             dyn.run(self.sampling_rate)

@@ -41,9 +41,14 @@ class Select(zntrack.Node):
                 f"{self.name}: asked for {self.n} structures, the pool has {len(pool)}"
             )
         selection = select(
-            self.model.get_model(), [from_atoms(a) for a in self.train_data],
-            [from_atoms(a) for a in pool], self.n, method, rank_all=True, progress=True,
-        )  # fmt: skip
+            self.model.get_model(),
+            [from_atoms(a) for a in self.train_data],
+            [from_atoms(a) for a in pool],
+            self.n,
+            method,
+            rank_all=True,
+            progress=True,
+        )
         self.selected_ids = [int(i) for i in selection.indices]
         self.diagnostics_dir.mkdir(parents=True, exist_ok=True)
         write_diagnostics(selection, self.diagnostics_dir)

@@ -76,10 +76,9 @@ def jax_engine(
         skin=SKIN,
         temperature={"kind": "constant", "T": 300.0},
         udd={"height": 1.0, "width": 1.2} if udd else None,
-        progress_bar=False,
     )
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_md(model, atoms, config, Path(tmp))
+        result = run_md(model, atoms, config, Path(tmp), progress_bar=False)
     return result.timing["us_per_atom_step"], result.timing["compile_s"]
 
 
@@ -144,8 +143,9 @@ def main() -> None:
                 )
             us[v][str(n)], compile_s[v][str(n)] = value, comp
             row[v] = value
-            print(f"{n} atoms, {v}: {value:.2f} us/atom/step (compile {comp or 0:.1f} s)",
-                  flush=True)  # fmt: skip
+            print(
+                f"{n} atoms, {v}: {value:.2f} us/atom/step (compile {comp or 0:.1f} s)", flush=True
+            )
         rows.append(row)
     print()
     print("us/atom/step (lower is better)")

@@ -21,7 +21,7 @@ from apax_core.data import Dataset, from_atoms, read_frames
 from apax_core.model import build_model, init_params
 from apax_core.model_dir import Model
 from apax_core.precision import x64
-from apax_core.predict import predictor
+from apax_core.predictor import compiled
 from apax_core.train.data import data_statistics
 
 
@@ -34,10 +34,13 @@ def reference_model(structures) -> Model:
 
 
 def measure(model: Model, structures, batch_size: int, repeats: int) -> dict:
-    fn = predictor(model, stress=False)
+    fn = compiled(model, stress=False)
     with x64():
-        batch = next(Dataset(structures[:batch_size], model.config.r_max).batches(
-            batch_size, PadToMax(), shuffle=False, seed=0))  # fmt: skip
+        batch = next(
+            Dataset(structures[:batch_size], model.config.r_max).batches(
+                batch_size, PadToMax(), shuffle=False, seed=0
+            )
+        )
         batch = jax.device_put(batch)
         start = time.perf_counter()
         jax.block_until_ready(fn(model.params, batch))
@@ -47,9 +50,14 @@ def measure(model: Model, structures, batch_size: int, repeats: int) -> dict:
             jax.block_until_ready(fn(model.params, batch))
         per_call = (time.perf_counter() - start) / repeats
     n_atoms = int(batch.n_atoms.sum())
-    return {"batch_size": batch_size, "n_atoms": n_atoms // batch_size,
-            "evals_per_s": batch_size / per_call, "ms_per_call": 1000 * per_call,
-            "us_per_atom": 1e6 * per_call / n_atoms, "compile_s": compile_s}  # fmt: skip
+    return {
+        "batch_size": batch_size,
+        "n_atoms": n_atoms // batch_size,
+        "evals_per_s": batch_size / per_call,
+        "ms_per_call": 1000 * per_call,
+        "us_per_atom": 1e6 * per_call / n_atoms,
+        "compile_s": compile_s,
+    }
 
 
 def main() -> None:
@@ -65,8 +73,15 @@ def main() -> None:
     for name, structures in (("cell", cells), ("supercell_2x2x2", supercells)):
         for bs in (1, 8):
             rows.append({"system": name, **measure(model, structures, bs, args.repeats)})
-    cols = ["system", "n_atoms", "batch_size", "evals_per_s", "ms_per_call", "us_per_atom",
-            "compile_s"]  # fmt: skip
+    cols = [
+        "system",
+        "n_atoms",
+        "batch_size",
+        "evals_per_s",
+        "ms_per_call",
+        "us_per_atom",
+        "compile_s",
+    ]
     print(table(rows, cols))
     print(f"wrote {write_result('model_speed', {'rows': rows, 'data': str(args.data)})}")
 

@@ -27,17 +27,22 @@ import jax
 import numpy as np
 from common import DATA, table, write_result
 
+from apax_core.batching import padded_batches
 from apax_core.config import GMNNConfig
 from apax_core.data import Structure, from_atoms, read_frames
 from apax_core.model import build_model, init_params
 from apax_core.model_dir import Model, load_model
 from apax_core.precision import x64
-from apax_core.select import compute_features, feature_fn, max_distance_selection
-from apax_core.select.features import padded_batches
+from apax_core.select import compute_features, max_distance_selection
 from apax_core.train.data import data_statistics
 
-POOL_FILES = ["cu_bulk_train", "cu_bulk_extra_train", "cu_bulk_test", "cu_bulk_val",
-              "cu_bulk_extra_test"]  # fmt: skip
+POOL_FILES = [
+    "cu_bulk_train",
+    "cu_bulk_extra_train",
+    "cu_bulk_test",
+    "cu_bulk_val",
+    "cu_bulk_extra_test",
+]
 
 
 def reference_model(train: list[Structure]) -> Model:
@@ -93,16 +98,18 @@ def main() -> None:
     train = read([args.train])
     pool = fill_pool(read(args.pool), args.pool_size)
     model = load_model(args.model) if args.model else reference_model(train)
-    fn = feature_fn(model)
 
     def features():
-        kw = dict(batch_size=args.batch_size, fn=fn)
+        kw = dict(batch_size=args.batch_size)
         return compute_features(model, train, **kw), compute_features(model, pool, **kw)
 
     _, cold = timed(features)
     (train_f, pool_f), feature_s, feature_cpu_s = cpu_timed(features)
-    _, host_s = timed(lambda: [list(padded_batches(d, model.config.r_max, args.batch_size))
-                               for d in (train, pool)])  # fmt: skip
+    _, host_s = timed(
+        lambda: [
+            list(padded_batches(d, model.config.r_max, args.batch_size)) for d in (train, pool)
+        ]
+    )
     (picks, dists), select_s = timed(lambda: max_distance_selection(train_f, pool_f, args.n))
     _, rank_all_s = timed(lambda: max_distance_selection(train_f, pool_f, len(pool_f)))
 
@@ -125,13 +132,16 @@ def main() -> None:
     }
     row["load_avg_1min"] = round(os.getloadavg()[0], 2)
     print(table([row], list(row)))
-    out = write_result("select_speed", {
-        **row,
-        "model": args.model or "random reference-size GMNN (fp32)",
-        "train_file": args.train,
-        "pool_files": args.pool,
-        "picks": picks.tolist(),
-    })  # fmt: skip
+    out = write_result(
+        "select_speed",
+        {
+            **row,
+            "model": args.model or "random reference-size GMNN (fp32)",
+            "train_file": args.train,
+            "pool_files": args.pool,
+            "picks": picks.tolist(),
+        },
+    )
     print(f"wrote {out}")
 
 

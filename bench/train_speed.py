@@ -15,34 +15,54 @@ import logging
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import DATA, table, write_result
 
-from apax_core.config import TrainConfig
+from apax_core.config import TrainConfig, TrainRun
 from apax_core.data import from_atoms, read_frames
 from apax_core.evaluate import evaluate
 from apax_core.model_dir import load_model
-from apax_core.train.trainer import train
+from apax_core.train.trainer import train_run
+
+
+@dataclass(frozen=True)
+class Job:
+    """A training spec with its run arguments."""
+
+    spec: TrainConfig
+    run_args: TrainRun
+
+    @property
+    def directory(self) -> Path:
+        return self.run_args.directory
+
+    def train(self) -> Path:
+        return train_run(self.spec, self.run_args)
 
 
 def train_config(
-    directory: Path, train_file, val_file, epochs: int, batch_size: int = 8, **overrides
-) -> TrainConfig:
+    directory: Path,
+    train_file,
+    val_file,
+    epochs: int,
+    batch_size: int = 8,
+    base_model=None,
+    **overrides,
+) -> Job:
     model = {"n_basis": 7, "n_radial": 5, "r_max": 5.0, "hidden": [128, 128]}
-    return TrainConfig.model_validate(
-        {
-            "directory": str(directory),
-            "n_epochs": epochs,
-            "data": {
-                "train_file": str(train_file),
-                "val_file": str(val_file),
-                "batch_size": batch_size,
-            },
-            "model": model,
-            **overrides,
-        }
+    spec = TrainConfig.model_validate(
+        {"n_epochs": epochs, "data": {"batch_size": batch_size}, "model": model, **overrides}
     )
+    run = TrainRun(
+        directory=directory,
+        train_file=train_file,
+        val_file=val_file,
+        base_model=base_model,
+        progress_bar=False,
+    )
+    return Job(spec, run)
 
 
 def epoch_times(directory: Path) -> list[float]:
@@ -50,13 +70,13 @@ def epoch_times(directory: Path) -> list[float]:
         return [float(r["epoch_s"]) for r in csv.DictReader(fh)]
 
 
-def run(config: TrainConfig, test_files: list[Path]) -> dict:
+def run(job: Job, test_files: list[Path]) -> dict:
     start = time.perf_counter()
-    train(config)
+    job.train()
     wall = time.perf_counter() - start
-    times = epoch_times(config.directory)
+    times = epoch_times(job.directory)
     steady = statistics.median(times[1:]) if len(times) > 1 else times[0]
-    model = load_model(config.directory)
+    model = load_model(job.directory)
     out = {
         "n_epochs": len(times),
         "epoch_s": steady,

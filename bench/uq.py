@@ -33,37 +33,48 @@ from apax_core.evaluate import error_metrics
 from apax_core.model import build_model, init_params
 from apax_core.model_dir import Model, load_model
 from apax_core.precision import x64
-from apax_core.predict import predict, predictor
+from apax_core.predict import predict
+from apax_core.predictor import compiled
 from apax_core.train.data import data_statistics, model_elements
-from apax_core.train.trainer import train
 from apax_core.uq import fit_calibration, uncertainty_metrics
 
 MODEL = {"n_basis": 7, "n_radial": 5, "r_max": 5.0, "hidden": [128, 128]}
 KINDS = {
     "shallow": {
         "model": {**MODEL, "ensemble": {"kind": "shallow", "n_members": 8}},
-        "loss": [{"quantity": "energy", "kind": "crps", "atoms_exponent": 1.0, "weight": 1.0},
-                 {"quantity": "forces", "kind": "crps"}],
+        "loss": [
+            {"quantity": "energy", "kind": "crps", "atoms_exponent": 1.0, "weight": 1.0},
+            {"quantity": "forces", "kind": "crps"},
+        ],
     },
     "full": {"model": {**MODEL, "ensemble": {"kind": "full", "n_members": 4}}},
-}  # fmt: skip
+}
 
 
 def scores(model: Model, structures) -> dict:
-    preds = predict(model, structures, uncertainty=True)
+    preds = predict(model, structures, mode="uncertainty")
     err = error_metrics(preds, structures)
     unc = uncertainty_metrics(preds, structures)
-    return {"energy_mae_meV_atom": err["energy_mae"], "forces_mae_meV_A": err["forces_mae"],
-            "nll_forces": unc["nll_forces"], "miscal_area_forces": unc["miscal_area_forces"],
-            "spearman_forces": unc["spearman_forces"]}  # fmt: skip
+    return {
+        "energy_mae_meV_atom": err["energy_mae"],
+        "forces_mae_meV_A": err["forces_mae"],
+        "nll_forces": unc["nll_forces"],
+        "miscal_area_forces": unc["miscal_area_forces"],
+        "spearman_forces": unc["spearman_forces"],
+    }
 
 
 def cost(model: Model, structures, uncertainty: bool, repeats: int = 30) -> float:
     """Median seconds of one jitted energy+force call on one structure (robust to load)."""
-    fn = predictor(model, stress=False, uncertainty=uncertainty)
+    fn = compiled(model, "uncertainty" if uncertainty else "forces", stress=False)
     with x64():
-        batch = jax.device_put(next(Dataset(structures[:1], model.config.r_max).batches(
-            1, PadToMax(), shuffle=False, seed=0)))  # fmt: skip
+        batch = jax.device_put(
+            next(
+                Dataset(structures[:1], model.config.r_max).batches(
+                    1, PadToMax(), shuffle=False, seed=0
+                )
+            )
+        )
         jax.block_until_ready(fn(model.params, batch))
         times = []
         for _ in range(repeats):
@@ -77,28 +88,42 @@ def costs(shallow: Model, full: Model, cell) -> dict:
     """Cost of single, shallow mean-force, shallow force-uncertainty and full ensemble calls at
     107 atoms (``cell``) and 864 atoms; the single model is the shallow one cut to one output."""
     big = from_atoms(rattled_fcc_cu((6, 6, 6)))
-    single = Model(shallow.config.model_copy(update={"ensemble": None}), shallow.stats,
-                   _single_params(shallow.params))  # fmt: skip
-    variants = (("single", single, False), ("shallow_mean", shallow, False),
-                ("shallow_unc", shallow, True), ("full", full, True))  # fmt: skip
-    return {label: {str(s.n_atoms): cost(model, [s], unc) for s in (cell, big)}
-            for label, model, unc in variants}  # fmt: skip
+    single = Model(
+        shallow.config.model_copy(update={"ensemble": None}),
+        shallow.stats,
+        _single_params(shallow.params),
+    )
+    variants = (
+        ("single", single, False),
+        ("shallow_mean", shallow, False),
+        ("shallow_unc", shallow, True),
+        ("full", full, True),
+    )
+    return {
+        label: {str(s.n_atoms): cost(model, [s], unc) for s in (cell, big)}
+        for label, model, unc in variants
+    }
 
 
 def untrained(kind: str, train_file: Path) -> Model:
     """A freshly initialised model of ``kind``: cost does not depend on the weights."""
-    config = train_config(Path("unused"), train_file, train_file, 1, **KINDS[kind])
+    spec = train_config(Path("unused"), train_file, train_file, 1, **KINDS[kind]).spec
     structures = [from_atoms(a) for a in read_frames(train_file)]
-    stats = data_statistics(structures, model_elements(config, structures, None))
-    model = build_model(config.model, stats)
+    stats = data_statistics(structures, model_elements(spec, structures, None))
+    model = build_model(spec.model, stats)
     with x64():
-        return Model(config.model, stats, init_params(model, jax.random.PRNGKey(0)))
+        return Model(spec.model, stats, init_params(model, jax.random.PRNGKey(0)))
 
 
 def print_costs(cost_s: dict) -> None:
-    rows = [{"model": k, **{f"{n} atoms": t for n, t in v.items()},
-             **{f"x single ({n})": t / cost_s["single"][n] for n, t in v.items()}}
-            for k, v in cost_s.items()]  # fmt: skip
+    rows = [
+        {
+            "model": k,
+            **{f"{n} atoms": t for n, t in v.items()},
+            **{f"x single ({n})": t / cost_s["single"][n] for n, t in v.items()},
+        }
+        for k, v in cost_s.items()
+    ]
     print(table(rows, list(rows[0])))
 
 
@@ -113,9 +138,12 @@ def main() -> None:
         nargs="+",
         default=[DATA / "cu_bulk_test.extxyz", DATA / "cu_bulk_extra_test.extxyz"],
     )
-    p.add_argument("--cost-only", action="store_true",
-                   help="measure only the evaluation costs (untrained models) and update them "
-                        "in bench/results/uq.json")  # fmt: skip
+    p.add_argument(
+        "--cost-only",
+        action="store_true",
+        help="measure only the evaluation costs (untrained models) and update them "
+        "in bench/results/uq.json",
+    )
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     cell = from_atoms(read_frames(args.test[0])[0])
@@ -133,26 +161,38 @@ def main() -> None:
     out, rows, models = {}, [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind, overrides in KINDS.items():
-            config = train_config(Path(tmp) / kind, args.train, args.val, args.epochs,
-                                  progress_bar=False, **overrides)  # fmt: skip
-            train(config)
-            times = epoch_times(config.directory)
-            raw = load_model(config.directory)
-            cal = fit_calibration(predict(raw, val, uncertainty=True), val)
+            job = train_config(Path(tmp) / kind, args.train, args.val, args.epochs, **overrides)
+            job.train()
+            times = epoch_times(job.directory)
+            raw = load_model(job.directory)
+            cal = fit_calibration(predict(raw, val, mode="uncertainty"), val)
             calibrated = dataclasses.replace(raw, calibration=cal)
-            out[kind] = {"epoch_s": statistics.median(times[1:] or times),
-                         "calibration": dataclasses.asdict(cal)}  # fmt: skip
+            out[kind] = {
+                "epoch_s": statistics.median(times[1:] or times),
+                "calibration": dataclasses.asdict(cal),
+            }
             for name, structures in tests.items():
                 before, after = scores(raw, structures), scores(calibrated, structures)
-                entry = {**after, "nll_forces_uncalibrated": before["nll_forces"],
-                         "nll_forces_calibrated": after.pop("nll_forces")}  # fmt: skip
+                entry = {
+                    **after,
+                    "nll_forces_uncalibrated": before["nll_forces"],
+                    "nll_forces_calibrated": after.pop("nll_forces"),
+                }
                 entry.pop("nll_forces", None)
                 out[kind][name] = entry
                 rows.append({"kind": kind, "test": name, **entry})
             models[kind] = raw
         out["cost_s"] = costs(models["shallow"], models["full"], cell)
-    cols = ["kind", "test", "energy_mae_meV_atom", "forces_mae_meV_A", "nll_forces_uncalibrated",
-            "nll_forces_calibrated", "miscal_area_forces", "spearman_forces"]  # fmt: skip
+    cols = [
+        "kind",
+        "test",
+        "energy_mae_meV_atom",
+        "forces_mae_meV_A",
+        "nll_forces_uncalibrated",
+        "nll_forces_calibrated",
+        "miscal_area_forces",
+        "spearman_forces",
+    ]
     print(table(rows, cols))
     print_costs(out["cost_s"])
     print(f"epoch_s: shallow {out['shallow']['epoch_s']:.2f}, full {out['full']['epoch_s']:.2f}")
@@ -169,8 +209,10 @@ def _single_params(params):
     """The shallow model's parameters with one output: the same network, one member."""
     last = max(k for k in params["readout"] if k.startswith("dense_"))
     layer = params["readout"][last]
-    readout = {**params["readout"], last: {"kernel": layer["kernel"][:, :1],
-                                           "bias": layer["bias"][:1]}}  # fmt: skip
+    readout = {
+        **params["readout"],
+        last: {"kernel": layer["kernel"][:, :1], "bias": layer["bias"][:1]},
+    }
     return {**params, "readout": readout}
 
 

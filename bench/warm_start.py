@@ -69,24 +69,38 @@ def main() -> None:
             keep = np.linspace(0, len(extra) - 1, args.extra_frames).round().astype(int)
             extra = [extra[k] for k in keep]
         write_frames(grown, read_frames(DATA / "cu_bulk_train.extxyz") + extra)
-        base = config(tmp / "base", DATA / "cu_bulk_train.extxyz", val, args.epochs,
-                      batch_size=args.scratch_batch_size, progress_bar=False)  # fmt: skip
+        base = config(
+            tmp / "base",
+            DATA / "cu_bulk_train.extxyz",
+            val,
+            args.epochs,
+            batch_size=args.scratch_batch_size,
+        )
         results = {"base": run(base, tests)}
-        warm_start = {"model": str(tmp / "base")}
+        base_dir = tmp / "base"
         first = max(1, round(args.fractions[0] * args.epochs))
-        plain = config(tmp / "warm_defaults", grown, val, first, progress_bar=False,
-                       warm_start=warm_start)  # fmt: skip
+        plain = config(tmp / "warm_defaults", grown, val, first, base_model=base_dir)
         results[f"warm_defaults_{first}ep"] = run(plain, tests)
         for fraction in args.fractions:
             epochs = max(1, round(fraction * args.epochs))
             name = f"warm_{epochs}ep"
             warm = config(
-                tmp / name, grown, val, epochs, batch_size=args.batch_size, progress_bar=False,
-                warm_start=warm_start, optimizer={"learning_rates": scaled_rates(args.lr_factor)},
-            )  # fmt: skip
+                tmp / name,
+                grown,
+                val,
+                epochs,
+                batch_size=args.batch_size,
+                base_model=base_dir,
+                optimizer={"learning_rates": scaled_rates(args.lr_factor)},
+            )
             results[name] = run(warm, tests)
-        scratch = config(tmp / "scratch", grown, val, args.epochs,
-                         batch_size=args.scratch_batch_size, progress_bar=False)  # fmt: skip
+        scratch = config(
+            tmp / "scratch",
+            grown,
+            val,
+            args.epochs,
+            batch_size=args.scratch_batch_size,
+        )
         results["scratch"] = run(scratch, tests)
     wall = results["scratch"]["wall_s"]
     verdict = {

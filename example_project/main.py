@@ -45,7 +45,6 @@ MD_SETTINGS = {
     "skin": 0.4,
     "udd": {"height": 0.5, "width": 1.0},
     "checks": [{"kind": "energy_uncertainty", "threshold": 0.05, "per_atom": True}],
-    "progress_bar": False,
 }
 
 
@@ -56,12 +55,25 @@ def main(n_iterations: int) -> None:
         boot = an.Bootstrap(data=crystal.frames, n=12, rattle=0.08, strain=0.02, seed=0)
         seed = an.Label(data=boot.frames, labeller=an.EMTLabeller())
         split = an.Split(data=seed.frames, fractions=[0.75, 0.25, 0.0], seed=0)
-        test = an.ReferenceMD(data=crystal.frames, labeller=an.EMTLabeller(), temperature=900.0,
-                              steps=600, sampling_rate=30, seed=1)  # fmt: skip
-    settings = LoopSettings(n_iterations=n_iterations, train=TRAIN, warm_train=WARM_TRAIN,
-                            md=MD_SETTINGS, n_select=8)  # fmt: skip
-    build_loop(project, settings, initial_data=split, test_data=test, start_structures=crystal,
-               labeller=an.EMTLabeller())  # fmt: skip
+        test = an.ReferenceMD(
+            data=crystal.frames,
+            labeller=an.EMTLabeller(),
+            temperature=900.0,
+            steps=600,
+            sampling_rate=30,
+            seed=1,
+        )
+    settings = LoopSettings(
+        n_iterations=n_iterations, train=TRAIN, warm_train=WARM_TRAIN, md=MD_SETTINGS, n_select=8
+    )
+    build_loop(
+        project,
+        settings,
+        initial_data=split,
+        test_data=test,
+        start_structures=crystal,
+        labeller=an.EMTLabeller(),
+    )
     build(project)
 
 

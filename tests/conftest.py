@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -13,11 +14,12 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from apax_core.config import GMNNConfig, TrainConfig
+from apax_core.config import GMNNConfig, TrainConfig, TrainRun
 from apax_core.data import write_frames
 from apax_core.model import ModelStatistics, build_model, init_params
 from apax_core.model_dir import Model
 from apax_core.precision import x64
+from apax_core.train.trainer import train_run
 
 # Node tests call `dvc`, and DVC calls `zntrack run`: the executables of this interpreter's
 # environment must come first on PATH however pytest was started (e.g. `.venv/bin/python -m`).
@@ -76,21 +78,35 @@ def data_files(tmp_path_factory):
     return {name: root / f"{name}.extxyz" for name in files}
 
 
-def tiny_config(directory, data_files, n_epochs=3, **overrides) -> TrainConfig:
-    """A quick training config on the session's EMT data; ``data`` overrides are merged."""
-    data = {
-        "train_file": str(data_files["train"]),
-        "val_file": str(data_files["val"]),
-        "batch_size": 4,
-        "val_batch_size": 4,
-        **overrides.pop("data", {}),
-    }
-    raw = {
-        "directory": str(directory),
-        "n_epochs": n_epochs,
-        "data": data,
-        "model": dict(TINY),
-        "progress_bar": False,
-        **overrides,
-    }
-    return TrainConfig.model_validate(raw)
+@dataclass(frozen=True)
+class TinyJob:
+    """A quick training spec with its run arguments."""
+
+    spec: TrainConfig
+    run_args: TrainRun
+
+    @property
+    def directory(self) -> Path:
+        return self.run_args.directory
+
+    def run(self) -> Path:
+        return train_run(self.spec, self.run_args)
+
+    def yaml_dict(self) -> dict:
+        """The command line's one-file form: run arguments and spec side by side."""
+        run = self.run_args.model_dump(mode="json", exclude_none=True)
+        return {**run, **self.spec.model_dump(mode="json")}
+
+
+def tiny_config(directory, data_files, n_epochs=3, base_model=None, **overrides) -> TinyJob:
+    """A quick training job on the session's EMT data; ``data`` overrides are merged."""
+    data = {"batch_size": 4, "val_batch_size": 4, **overrides.pop("data", {})}
+    raw = {"n_epochs": n_epochs, "data": data, "model": dict(TINY), **overrides}
+    run = TrainRun(
+        directory=directory,
+        train_file=data_files["train"],
+        val_file=data_files["val"],
+        base_model=base_model,
+        progress_bar=False,
+    )
+    return TinyJob(TrainConfig.model_validate(raw), run)

@@ -16,9 +16,8 @@ from apax_core.model_dir import load_model
 from apax_core.precision import x64
 from apax_core.predict import predict
 from apax_core.train.losses import crps, nll
-from apax_core.train.trainer import train
-from apax_core.transforms import ENSEMBLE_DDOF, calibrate
-from apax_core.uq import Calibration, fit_calibration, miscalibration_area, uncertainty_metrics
+from apax_core.transforms import ENSEMBLE_DDOF, Calibration
+from apax_core.uq import fit_calibration, miscalibration_area, uncertainty_metrics
 
 TERM = LossTerm(quantity="forces")
 
@@ -51,10 +50,19 @@ def cells():
 @pytest.mark.parametrize("ensemble", ENSEMBLES, ids=lambda e: e["kind"])
 def test_kinds_share_keys_ddof_and_mean_force(ensemble, cells):
     model = make_model(elements=(29,), ensemble=ensemble)
-    rich = predict(model, cells, uncertainty=True)
-    cheap = predict(model, cells, uncertainty=False)
-    keys = {"energy", "forces", "stress", "energy_ensemble", "forces_ensemble", "stress_ensemble",
-            "energy_uncertainty", "forces_uncertainty", "stress_uncertainty"}  # fmt: skip
+    rich = predict(model, cells, mode="uncertainty")
+    cheap = predict(model, cells, mode="forces")
+    keys = {
+        "energy",
+        "forces",
+        "stress",
+        "energy_ensemble",
+        "forces_ensemble",
+        "stress_ensemble",
+        "energy_uncertainty",
+        "forces_uncertainty",
+        "stress_uncertainty",
+    }
     for r, c in zip(rich, cheap, strict=True):
         assert set(r) == keys
         m = ensemble["n_members"]
@@ -72,8 +80,8 @@ def test_kinds_share_keys_ddof_and_mean_force(ensemble, cells):
 def test_chunked_force_jacobian_equals_unchunked(cells):
     chunked = make_model(elements=(29,), ensemble=ENSEMBLES[0])
     whole = make_model(elements=(29,), ensemble={**ENSEMBLES[0], "chunk_size": None})
-    a = predict(chunked, cells, uncertainty=True)[0]
-    b = predict(whole, cells, uncertainty=True)[0]
+    a = predict(chunked, cells, mode="uncertainty")[0]
+    b = predict(whole, cells, mode="uncertainty")[0]
     np.testing.assert_allclose(a["forces_ensemble"], b["forces_ensemble"], atol=1e-12)
 
 
@@ -82,11 +90,14 @@ def toy_predictions(rng, n, overconfidence=1.0):
     preds, structures = [], []
     for s in (from_atoms(a) for a in emt_frames(n, seed=7, size=(1, 1, 1))):
         sig_e, sig_f = rng.uniform(0.01, 0.1), rng.uniform(0.01, 0.2, size=s.forces.shape)
-        preds.append({
-            "energy": s.energy + rng.normal() * sig_e, "energy_uncertainty": sig_e / overconfidence,
-            "forces": s.forces + rng.normal(size=sig_f.shape) * sig_f,
-            "forces_uncertainty": sig_f / overconfidence,
-        })  # fmt: skip
+        preds.append(
+            {
+                "energy": s.energy + rng.normal() * sig_e,
+                "energy_uncertainty": sig_e / overconfidence,
+                "forces": s.forces + rng.normal(size=sig_f.shape) * sig_f,
+                "forces_uncertainty": sig_f / overconfidence,
+            }
+        )
         structures.append(s)
     return preds, structures
 
@@ -103,18 +114,24 @@ def test_calibration_of_a_calibrated_set_is_one_and_fixes_an_overconfident_one()
     over, structures = toy_predictions(np.random.default_rng(2), 200, overconfidence=3.0)
     cal = fit_calibration(over, structures)
     assert cal.forces == pytest.approx(3.0, rel=0.03)
-    e, s = (np.concatenate([np.ravel(p["forces"] - t.forces) for p, t in zip(over, structures,
-                                                                            strict=True)]),
-            np.concatenate([np.ravel(p["forces_uncertainty"]) for p in over]))  # fmt: skip
+    e, s = (
+        np.concatenate(
+            [np.ravel(p["forces"] - t.forces) for p, t in zip(over, structures, strict=True)]
+        ),
+        np.concatenate([np.ravel(p["forces_uncertainty"]) for p in over]),
+    )
     assert miscalibration_area(e, s) > 0.2
     assert miscalibration_area(e, cal.forces * s) < 0.02
 
 
 def test_calibration_scales_members_and_spread_consistently():
     members = np.array([1.0, 2.0, 4.0])
-    pred = {"energy": members.mean(), "energy_ensemble": members,
-            "energy_uncertainty": np.std(members, ddof=1)}  # fmt: skip
-    out = calibrate(pred, 2.0, 1.0)
+    pred = {
+        "energy": members.mean(),
+        "energy_ensemble": members,
+        "energy_uncertainty": np.std(members, ddof=1),
+    }
+    out = Calibration(2.0, 1.0).results(pred)
     assert np.mean(out["energy_ensemble"]) == pytest.approx(members.mean())
     assert out["energy_uncertainty"] == pytest.approx(np.std(out["energy_ensemble"], ddof=1))
 
@@ -122,30 +139,38 @@ def test_calibration_scales_members_and_spread_consistently():
 @pytest.mark.parametrize(
     ("ensemble", "loss"),
     [
-        (ENSEMBLES[0], [{"quantity": "energy", "kind": "crps", "atoms_exponent": 1.0},
-                        {"quantity": "forces", "kind": "crps"}]),
-        (ENSEMBLES[1], [{"quantity": "energy", "atoms_exponent": 1.0, "weight": 10.0},
-                        {"quantity": "forces"}]),
+        (
+            ENSEMBLES[0],
+            [
+                {"quantity": "energy", "kind": "crps", "atoms_exponent": 1.0},
+                {"quantity": "forces", "kind": "crps"},
+            ],
+        ),
+        (
+            ENSEMBLES[1],
+            [{"quantity": "energy", "atoms_exponent": 1.0, "weight": 10.0}, {"quantity": "forces"}],
+        ),
     ],
     ids=["shallow_crps", "full_mse"],
-)  # fmt: skip
+)
 def test_ensembles_train_and_calibrate(ensemble, loss, data_files, tmp_path):
     # Batches of 5 from 12 structures: the last batch carries padding structures, whose zero
     # ensemble spread must not turn the gradient into NaN.
     model = {**TINY, "ensemble": ensemble}
-    config = tiny_config(tmp_path / "m", data_files, n_epochs=3, model=model, loss=loss,
-                         data={"batch_size": 5})  # fmt: skip
-    directory = train(config)
+    config = tiny_config(
+        tmp_path / "m", data_files, n_epochs=3, model=model, loss=loss, data={"batch_size": 5}
+    )
+    directory = config.run()
     model = load_model(directory)
     if ensemble["kind"] == "full":  # members are independent parameter sets
         kernels = model.params["readout"]["dense_1"]["kernel"]
         assert kernels.shape[0] == 3 and not np.allclose(kernels[0], kernels[1])
     val = [from_atoms(a) for a in read_frames(data_files["val"])]
-    preds = predict(model, val, uncertainty=True)
+    preds = predict(model, val, mode="uncertainty")
     cal = fit_calibration(preds, val)
     assert cal.forces > 0 and np.isfinite(cal.energy)
     cal.save(directory)
-    calibrated = predict(load_model(directory), val, uncertainty=True)
+    calibrated = predict(load_model(directory), val, mode="uncertainty")
     np.testing.assert_allclose(
         calibrated[0]["forces_uncertainty"], cal.forces * preds[0]["forces_uncertainty"], rtol=1e-5
     )
@@ -180,5 +205,5 @@ def test_calculator_applies_the_calibration_stored_with_the_model(cells):
     )
     np.testing.assert_allclose(cal["forces"], raw["forces"], atol=1e-12)  # means unchanged
     # The same numbers as predict(), which every other consumer uses.
-    pred = predict(calibrated, [from_atoms(atoms)], uncertainty=True)[0]
+    pred = predict(calibrated, [from_atoms(atoms)], mode="uncertainty")[0]
     np.testing.assert_allclose(cal["forces_uncertainty"], pred["forces_uncertainty"], rtol=1e-6)

@@ -16,15 +16,21 @@ import apax_nodes as an
 from apax_nodes.loop import LoopSettings, build_loop
 from apax_nodes.project import build
 
-SHALLOW = {**TRAIN, "model": {**TINY, "ensemble": {"kind": "shallow", "n_members": 3}},
-           "loss": [{"quantity": "energy", "kind": "crps", "atoms_exponent": 1.0},
-                    {"quantity": "forces"}]}  # fmt: skip
+SHALLOW = {
+    **TRAIN,
+    "model": {**TINY, "ensemble": {"kind": "shallow", "n_members": 3}},
+    "loss": [{"quantity": "energy", "kind": "crps", "atoms_exponent": 1.0}, {"quantity": "forces"}],
+}
 MD = {
     "dynamics": {"kind": "langevin"},
     "temperature": {"kind": "oscillating", "T_low": 300.0, "T_high": 600.0, "period": 200.0},
-    "dt": 2.0, "duration": 400.0, "n_inner": 50, "sampling_rate": 10, "skin": 0.4,
-    "udd": {"height": 0.2, "width": 1.0}, "progress_bar": False,
-}  # fmt: skip
+    "dt": 2.0,
+    "duration": 400.0,
+    "n_inner": 50,
+    "sampling_rate": 10,
+    "skin": 0.4,
+    "udd": {"height": 0.2, "width": 1.0},
+}
 
 
 def graph(n_iterations: int):
@@ -34,13 +40,24 @@ def graph(n_iterations: int):
         boot = an.Bootstrap(data=crystal.frames, n=6, rattle=0.08, seed=0)
         seed = an.Label(data=boot.frames, labeller=an.EMTLabeller())
         split = an.Split(data=seed.frames, fractions=[0.67, 0.33, 0.0])
-        test = an.ReferenceMD(data=crystal.frames, labeller=an.EMTLabeller(), steps=40,
-                              sampling_rate=20)  # fmt: skip
-    settings = LoopSettings(n_iterations=n_iterations, train=SHALLOW,
-                            warm_train={**SHALLOW, "warm_start": {"freeze": ["radial"]}},
-                            md=MD, n_select=3)  # fmt: skip
-    build_loop(project, settings, initial_data=split, test_data=test, start_structures=crystal,
-               labeller=an.EMTLabeller())  # fmt: skip
+        test = an.ReferenceMD(
+            data=crystal.frames, labeller=an.EMTLabeller(), steps=40, sampling_rate=20
+        )
+    settings = LoopSettings(
+        n_iterations=n_iterations,
+        train=SHALLOW,
+        warm_train={**SHALLOW, "warm_start": {"freeze": ["radial"]}},
+        md=MD,
+        n_select=3,
+    )
+    build_loop(
+        project,
+        settings,
+        initial_data=split,
+        test_data=test,
+        start_structures=crystal,
+        labeller=an.EMTLabeller(),
+    )
     build(project)
 
 
@@ -105,8 +122,11 @@ def test_warm_start_from_a_from_rev_model_in_a_new_repository(loop_repo, tmp_pat
             crystal = an.BuildBulk(element="Cu", repeat=[2, 2, 2], vacancies=1)
             boot = an.Bootstrap(data=crystal.frames, n=4, rattle=0.1)
             labelled = an.Label(data=boot.frames, labeller=an.EMTLabeller())
-            an.Train(data=labelled.frames, model=base,
-                     config={**SHALLOW, "warm_start": {"freeze": ["radial"]}})  # fmt: skip
+            an.Train(
+                data=labelled.frames,
+                model=base,
+                config={**SHALLOW, "warm_start": {"freeze": ["radial"]}},
+            )
         build(project)
     repro(new)
     with inside(new):
@@ -122,5 +142,11 @@ def test_appending_an_iteration_runs_only_the_new_stages(loop_repo):
     with inside(root):
         graph(2)
     ran = set(re.findall(r"Running stage '([^']+)'", repro(root)))
-    assert ran == {"iter1_MD", "iter1_Select", "iter1_Label", "iter1_Dataset", "iter2_Train",
-                   "iter2_Evaluate"}  # fmt: skip
+    assert ran == {
+        "iter1_MD",
+        "iter1_Select",
+        "iter1_Label",
+        "iter1_Dataset",
+        "iter2_Train",
+        "iter2_Evaluate",
+    }

@@ -30,15 +30,16 @@ from apax_core.config.md import (
     ThermostatChain,
 )
 from apax_core.data import DataError
-from apax_core.md import UDD, read_trajectory, run_md
 from apax_core.md import engine as md_engine
+from apax_core.md import read_trajectory, run_md
 from apax_core.md.checks import reason_code, reasons
 from apax_core.md.energy import dynamics_energy
 from apax_core.md.integrators import integrator
 from apax_core.md.neighbours import allocate, make_space, neighbour_fns
 from apax_core.md.schedules import temperature_fn
-from apax_core.md.transforms import transformed_apply
 from apax_core.precision import x64
+from apax_core.predictor import predictor
+from apax_core.transforms import UDD
 
 
 def cu108(a=3.61):
@@ -82,7 +83,6 @@ def nve_run(cuag_model, tmp_path_factory):
         sampling_rate=10,
         skin=0.5,
         capacity_multiplier=1.0,
-        progress_bar=False,
     )
     records = Records()
     logging.getLogger("apax_core.md.engine").addHandler(records)
@@ -99,8 +99,12 @@ def nve_run(cuag_model, tmp_path_factory):
 def test_nve_conserves_energy(nve_run):
     result, frames, _ = nve_run
     assert result.status == {
-        "stopped": False, "reason": None, "step": 1000, "time_fs": 1000.0, "n_frames": 100
-    }  # fmt: skip
+        "stopped": False,
+        "reason": None,
+        "step": 1000,
+        "time_fs": 1000.0,
+        "n_frames": 100,
+    }
     assert [f.info["md_step"] for f in frames] == list(range(10, 1001, 10))
     e = total_energy_per_atom(frames)
     assert np.ptp(e) < 1e-5  # eV/atom over 1 ps, velocity Verlet at 1 fs, fp64 model
@@ -130,7 +134,6 @@ def test_nose_hoover_temperature(cuag_model, tmp_path):
         n_inner=500,
         sampling_rate=5,
         extra_capacity=30,
-        progress_bar=False,
     )
     frames = read_trajectory(run_md(cuag_model, cu108(), config, tmp_path).trajectory)
     temps = np.array([f.info["temperature"] for f in frames])
@@ -169,8 +172,9 @@ def test_every_chain_option_reaches_jax_md():
         other = harmonic_run(NVTNoseHoover(thermostat=base.model_copy(update=change)))
         # chain_steps only refines the chain integration, so its effect is small but real
         assert np.abs(other.position - ref.position).max() > 1e-12, change
-    assert harmonic_run(NVTNoseHoover(thermostat=base.model_copy(
-        update={"chain_length": 5}))).chain.position.shape == (5,)  # fmt: skip
+    assert harmonic_run(
+        NVTNoseHoover(thermostat=base.model_copy(update={"chain_length": 5}))
+    ).chain.position.shape == (5,)
 
 
 def test_temperature_schedules():
@@ -182,11 +186,20 @@ def test_temperature_schedules():
         osc = temperature_fn(OscillatingTemperature(T_low=300, T_high=600, period=1000))
         assert float(const(123.0)) == 250.0
         assert [float(piece(t)) for t in (0, 50, 100, 200, 300, 999)] == [
-            300, 450, 600, 500, 400, 400
-        ]  # fmt: skip
+            300,
+            450,
+            600,
+            500,
+            400,
+            400,
+        ]
         assert [round(float(osc(t)), 9) for t in (0, 250, 500, 1000, 1500)] == [
-            300, 450, 600, 300, 600
-        ]  # fmt: skip
+            300,
+            450,
+            600,
+            300,
+            600,
+        ]
     with pytest.raises(ValidationError, match="increasing"):
         PiecewiseTemperature(times=[0, 0], temperatures=[300, 400])
 
@@ -203,7 +216,6 @@ def restart_config(duration):
         n_inner=10,
         sampling_rate=3,  # does not divide n_inner: chunks hold 3 or 4 frames
         extra_capacity=30,
-        progress_bar=False,
     )
 
 
@@ -258,6 +270,20 @@ def test_restart_after_a_crash_equals_the_uninterrupted_run(cuag_model, tmp_path
         run_md(cuag_model, moved, restart_config(60.0), tmp_path / "full")
 
 
+def test_restart_with_a_retrained_model_starts_afresh(cuag_model, tmp_path):
+    """The run identity includes the model's parameters: a leftover checkpoint of another
+    model (same architecture, same settings) is not continued."""
+    atoms, retrained = cu108(), make_model(seed=11)
+    run_md(cuag_model, atoms, restart_config(12.0), tmp_path / "run")
+    again = run_md(retrained, atoms, restart_config(24.0), tmp_path / "run")
+    alone = run_md(retrained, atoms, restart_config(24.0), tmp_path / "alone")
+    assert again.status == alone.status
+    for a, b in zip(
+        *(frame_arrays(read_trajectory(r.trajectory)) for r in (again, alone)), strict=True
+    ):
+        assert np.array_equal(a, b)
+
+
 # ------------------------------------------------------------------------ UDD and stop checks
 
 
@@ -276,7 +302,7 @@ def udd_calc(shallow):
 
 
 def test_engine_udd_force_is_the_gradient_of_the_biased_energy(shallow, udd_calc):
-    udd = udd_calc.transforms[0]
+    udd = UDD(UDD_A, UDD_B)
     atoms = cu108()
     atoms.rattle(0.05, seed=3)
     atoms.numbers[::7] = 47
@@ -288,7 +314,8 @@ def test_engine_udd_force_is_the_gradient_of_the_biased_energy(shallow, udd_calc
         fns = neighbour_fns(disp, box, shallow.config.r_max, 0.5, 1.25)
         R = jnp.asarray(atoms.get_scaled_positions())
         nbrs = allocate(fns, R, 0)
-        energy = dynamics_energy(transformed_apply(shallow, [udd]), jnp.asarray(atoms.numbers), box)
+        udd_energy_fn = predictor(shallow, "energy", transforms=[udd])
+        energy = dynamics_energy(udd_energy_fn, jnp.asarray(atoms.numbers), box)
         e, grad = jax.value_and_grad(energy)(R, neighbor=nbrs, params=shallow.params)
     np.testing.assert_allclose(float(e), ref.get_potential_energy(), rtol=1e-11)
     np.testing.assert_allclose(-np.asarray(grad), ref.get_forces(), atol=1e-9)
@@ -304,7 +331,6 @@ def udd_config(checks=()):
         extra_capacity=30,
         udd={"height": UDD_A, "width": UDD_B},
         checks=list(checks),
-        progress_bar=False,
     )
 
 
@@ -317,13 +343,15 @@ def test_uncertainty_stop_fires_at_the_threshold(shallow, udd_calc, tmp_path):
     calc = udd_calc
     ref = frames[-1].copy()
     ref.calc = calc
-    np.testing.assert_allclose(ref.get_potential_energy(), frames[-1].get_potential_energy(),
-                               rtol=1e-11)  # fmt: skip
+    np.testing.assert_allclose(
+        ref.get_potential_energy(), frames[-1].get_potential_energy(), rtol=1e-11
+    )
     np.testing.assert_allclose(ref.get_forces(), frames[-1].get_forces(), atol=1e-9)
     np.testing.assert_allclose(
-        calc.results["forces_uncertainty"], frames[-1].calc.results["forces_uncertainty"],
+        calc.results["forces_uncertainty"],
+        frames[-1].calc.results["forces_uncertainty"],
         atol=1e-9,
-    )  # fmt: skip
+    )
 
     # A threshold between the running maximum and a later record stops exactly there.
     running = np.maximum.accumulate(sigma)
@@ -334,13 +362,19 @@ def test_uncertainty_stop_fires_at_the_threshold(shallow, udd_calc, tmp_path):
     status = json.loads((tmp_path / "stop" / "md_status.json").read_text())
     assert status == stopped.status
     step = (k + 1) * 4
-    assert status == {"stopped": True, "reason": "energy_uncertainty", "step": step,
-                      "time_fs": 2.0 * step, "n_frames": k + 1}  # fmt: skip
+    assert status == {
+        "stopped": True,
+        "reason": "energy_uncertainty",
+        "step": step,
+        "time_fs": 2.0 * step,
+        "n_frames": k + 1,
+    }
     kept = read_trajectory(stopped.trajectory)
     kept_sigma = np.array([f.calc.results["energy_uncertainty"] for f in kept]) / len(atoms)
     assert len(kept) == k + 1 and kept_sigma[-1] > threshold and kept_sigma[:-1].max() <= threshold
-    assert np.array_equal(np.array([f.positions for f in kept]),
-                          np.array([f.positions for f in frames[: k + 1]]))  # fmt: skip
+    assert np.array_equal(
+        np.array([f.positions for f in kept]), np.array([f.positions for f in frames[: k + 1]])
+    )
 
 
 def test_reason_codes():
@@ -373,18 +407,17 @@ def test_reason_codes():
 
 def test_cli_template_and_md(cuag_model, tmp_path, capsys):
     from apax_core.cli import main
-    from apax_core.config import TrainConfig, load_config
+    from apax_core.config import MDRun, TrainConfig, load_job
     from apax_core.model_dir import save_config, save_params, save_stats
 
     for extra in ([], ["--full"]):
         assert main(["template", "md", *extra]) == 0
         (tmp_path / "md.yaml").write_text(capsys.readouterr().out)
-        assert isinstance(load_config(tmp_path / "md.yaml", MDConfig), MDConfig)
+        spec, run = load_job(tmp_path / "md.yaml", MDConfig, MDRun)
+        assert isinstance(spec, MDConfig) and run.structure.name == "start.extxyz"
     model_dir = tmp_path / "model"
     model_dir.mkdir()
-    train = TrainConfig(directory=model_dir, n_epochs=1, data={"train_file": "x.xyz"},
-                        model=cuag_model.config)  # fmt: skip
-    save_config(model_dir, train)
+    save_config(model_dir, TrainConfig(n_epochs=1, model=cuag_model.config))
     save_stats(model_dir, cuag_model.stats)
     save_params(model_dir, cuag_model.params)
     ase.io.write(tmp_path / "start.extxyz", cu108())
@@ -392,8 +425,17 @@ def test_cli_template_and_md(cuag_model, tmp_path, capsys):
         "dynamics: {kind: langevin}\nduration: 20\ndt: 2\nn_inner: 10\nsampling_rate: 5\n"
         "progress_bar: false\n"
     )
-    args = ["md", str(model_dir), str(tmp_path / "md.yaml"), "--structure",
-            str(tmp_path / "start.extxyz"), "--directory", str(tmp_path / "run")]  # fmt: skip
+    assert main(["validate", "md", str(tmp_path / "md.yaml")]) == 0
+    assert capsys.readouterr().out.endswith("valid\n")
+    args = [
+        "md",
+        str(model_dir),
+        str(tmp_path / "md.yaml"),
+        "--structure",
+        str(tmp_path / "start.extxyz"),
+        "--directory",
+        str(tmp_path / "run"),
+    ]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["n_frames"] == 2
     assert len(read_trajectory(tmp_path / "run" / "md.h5")) == 2
@@ -406,7 +448,7 @@ def test_cli_template_and_md(cuag_model, tmp_path, capsys):
 
 
 def test_bad_input_fails_before_any_work(cuag_model, shallow, tmp_path):
-    config = MDConfig(duration=10.0, progress_bar=False)
+    config = MDConfig(duration=10.0)
     with pytest.raises(ValueError, match="cell too small"):
         run_md(cuag_model, bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), config, tmp_path)
     with pytest.raises(DataError, match="Au"):

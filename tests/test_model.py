@@ -9,10 +9,11 @@ from ase.build import bulk
 from conftest import make_model
 from scipy.spatial.transform import Rotation
 
+from apax_core.batching import map_structures
 from apax_core.config import PadToMax
 from apax_core.data import from_atoms
 from apax_core.model import descriptor_size
-from apax_core.predict import predict, predictor
+from apax_core.predictor import compiled
 
 
 def cuag_cell(seed=0, repeat=(2, 1, 1)):
@@ -30,12 +31,14 @@ def cluster(seed=0):
 
 
 def evaluate(model, atoms_list, fn=None, **kw):
-    return predict(model, [from_atoms(a) for a in atoms_list], fn=fn, **kw)
+    structures = [from_atoms(a) for a in atoms_list]
+    fn = fn or compiled(model)
+    return map_structures(fn, model.params, structures, model.config.r_max, **kw)
 
 
 @pytest.fixture(scope="module")
 def fn(cuag_model):
-    return predictor(cuag_model, stress=True)
+    return compiled(cuag_model)
 
 
 @pytest.mark.parametrize("make", [cuag_cell, cluster])
@@ -62,7 +65,7 @@ def finite_difference(model, fn, atoms, h=1e-5):
     """Central differences of the energy w.r.t. positions and homogeneous strain."""
 
     def energy(a):
-        return evaluate(model, [a], fn, stress=True)[0]["energy"]
+        return evaluate(model, [a], fn)[0]["energy"]
 
     forces = np.zeros((len(atoms), 3))
     for i in range(len(atoms)):
@@ -96,7 +99,7 @@ def test_forces_and_stress_equal_finite_differences(kind):
     else:
         model = make_model()
         atoms = cuag_cell(seed=4, repeat=(1, 1, 1)) if kind == "periodic_cuag" else cluster(5)
-    fn = predictor(model, stress=True)
+    fn = compiled(model)
     pred = evaluate(model, [atoms], fn)[0]
     forces, stress = finite_difference(model, fn, atoms)
     scale = np.abs(forces).max()
@@ -164,17 +167,22 @@ def test_moments_vjp_equals_autodiff_of_the_plain_sums():
     def plain(radial, unit):
         u2 = unit[..., :, None] * unit[..., None, :]
         u3 = u2[..., None] * unit[..., None, None, :]
-        return (radial.sum(1), jnp.einsum("nks,nkx->nsx", radial, unit),
-                jnp.einsum("nks,nkxy->nsxy", radial, u2),
-                jnp.einsum("nks,nkxyz->nsxyz", radial, u3))  # fmt: skip
+        return (
+            radial.sum(1),
+            jnp.einsum("nks,nkx->nsx", radial, unit),
+            jnp.einsum("nks,nkxy->nsxy", radial, u2),
+            jnp.einsum("nks,nkxyz->nsxyz", radial, u3),
+        )
 
     with x64():
         k = jax.random.split(jax.random.PRNGKey(3), 3)
         radial = jax.random.normal(k[0], (6, 5, 3), jnp.float64)
         unit = jax.random.normal(k[1], (6, 5, 3), jnp.float64)
         shapes = [m.shape for m in plain(radial, unit)]
-        cts = tuple(jax.random.normal(kk, (4, *s), jnp.float64)
-                    for kk, s in zip(jax.random.split(k[2], 4), shapes, strict=True))  # fmt: skip
+        cts = tuple(
+            jax.random.normal(kk, (4, *s), jnp.float64)
+            for kk, s in zip(jax.random.split(k[2], 4), shapes, strict=True)
+        )
 
         def member_vjps(fn, radial, unit):
             return jax.vmap(jax.vjp(fn, radial, unit)[1])(cts)
@@ -184,8 +192,9 @@ def test_moments_vjp_equals_autodiff_of_the_plain_sums():
 
         for a, b in zip(moments(radial, unit), plain(radial, unit), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
-        for a, b in zip(member_vjps(moments, radial, unit), member_vjps(plain, radial, unit),
-                        strict=True):  # fmt: skip
+        for a, b in zip(
+            member_vjps(moments, radial, unit), member_vjps(plain, radial, unit), strict=True
+        ):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
         grads = jax.grad(loss, argnums=(1, 2))
         for a, b in zip(grads(moments, radial, unit), grads(plain, radial, unit), strict=True):

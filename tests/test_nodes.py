@@ -24,9 +24,8 @@ TRAIN = {
     "n_epochs": 4,
     "model": dict(TINY),
     "data": {"batch_size": 4, "val_batch_size": 4},
-    "loss": [{"quantity": "energy", "weight": 10.0, "atoms_exponent": 1.0},
-             {"quantity": "forces"}],
-}  # fmt: skip
+    "loss": [{"quantity": "energy", "weight": 10.0, "atoms_exponent": 1.0}, {"quantity": "forces"}],
+}
 
 
 def sh(*cmd, cwd=None):
@@ -71,8 +70,9 @@ def repo(tmp_path_factory):
         with project.group("iter1"):
             dataset = an.Dataset(previous=split, new=more_labelled.frames)
             warm = {**TRAIN, "warm_start": {"freeze": ["radial"]}}
-            an.Train(data=dataset.frames, validation_data=split.val_frames, model=train0,
-                     config=warm)  # fmt: skip
+            an.Train(
+                data=dataset.frames, validation_data=split.val_frames, model=train0, config=warm
+            )
         build(project)
         repro(root)
         commit(root, "two iterations")
@@ -100,8 +100,9 @@ def test_second_train_starts_from_the_first(repo):
     # Radial coefficients frozen in the warm start: bit-identical to the first model's ...
     assert np.array_equal(a.params[coeffs[0]][coeffs[1]], b.params[coeffs[0]][coeffs[1]])
     # ... while the readout continued training, on the grown dataset.
-    assert not np.array_equal(a.params["readout"]["dense_1"]["kernel"],
-                              b.params["readout"]["dense_1"]["kernel"])  # fmt: skip
+    assert not np.array_equal(
+        a.params["readout"]["dense_1"]["kernel"], b.params["readout"]["dense_1"]["kernel"]
+    )
     assert n_second == n_first + 6 and n_dataset == 9 + 6
 
 
@@ -159,8 +160,13 @@ def test_killed_dvc_repro_resumes_train_from_its_checkpoint(tmp_path):
         build(project)
     sh("dvc", "repro", "Label", cwd=root)
     checkpoint = root / ".apax_checkpoints" / "Train" / "latest.msgpack"
-    proc = subprocess.Popen(["dvc", "repro"], cwd=root, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    proc = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=root,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     before = None
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -18,15 +18,14 @@ import yaml
 from conftest import TINY, emt_frames, tiny_config
 from flax import serialization
 
-from apax_core.config import LossTerm, TrainConfig
+from apax_core.config import LossTerm, TrainConfig, TrainRun
 from apax_core.data import DataError, collate, from_atoms, neighbour_list, write_frames
 from apax_core.evaluate import evaluate
 from apax_core.model_dir import load_model
 from apax_core.precision import with_x64
 from apax_core.train.losses import term_loss
 from apax_core.train.metrics import error_sums, finalize
-from apax_core.train.optim import schedule_factor
-from apax_core.train.trainer import train
+from apax_core.train.optim import lr_schedule
 
 # ------------------------------------------------------------------------------ closed forms
 
@@ -77,14 +76,17 @@ def test_losses_match_closed_forms_and_ignore_padding(padded_batch):
 def test_schedules():
     from apax_core.config import CyclicCosineSchedule, LinearSchedule
 
-    lin = schedule_factor(LinearSchedule(end_factor=0.1, warmup_epochs=1), 10, 5)
-    assert float(lin(0)) == pytest.approx(0.1 * (1 - 0.9 * 0 / 50), rel=1e-6)  # warm-up ramp
+    lin = lr_schedule(LinearSchedule(end_factor=0.1, warmup_epochs=1), 10, 5)
+    assert float(lin(0)) == pytest.approx(0.1, rel=1e-6)  # warm-up ramp (step + 1) / 10 ...
+    assert float(lin(4)) == pytest.approx(0.5 * (1 - 0.9 * 4 / 50), rel=1e-6)  # ... x the decay
     assert float(lin(25)) == pytest.approx(1 - 0.9 * 0.5, rel=1e-6)
     assert float(lin(50)) == pytest.approx(0.1, rel=1e-6)
-    cos = schedule_factor(CyclicCosineSchedule(period_epochs=2, decay_factor=0.5), 10, 8)
+    cos = lr_schedule(CyclicCosineSchedule(period_epochs=2, decay_factor=0.5), 10, 8)
     assert float(cos(0)) == pytest.approx(1.0)
     assert float(cos(10)) == pytest.approx(0.5, abs=1e-6)  # half a period
+    assert float(cos(15)) == pytest.approx(0.5 * (1 + np.cos(0.75 * np.pi)), abs=1e-6)
     assert float(cos(20)) == pytest.approx(0.5)  # second cycle starts at half height
+    assert float(cos(30)) == pytest.approx(0.25, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------- real training
@@ -93,7 +95,7 @@ def test_schedules():
 @pytest.fixture(scope="session")
 def base_model(tmp_path_factory, data_files):
     directory = tmp_path_factory.mktemp("base") / "model"
-    train(tiny_config(directory, data_files))
+    tiny_config(directory, data_files).run()
     return directory
 
 
@@ -127,9 +129,10 @@ def test_warm_start_freezes_groups_bit_identical(base_model, data_files, tmp_pat
         tmp_path / "warm",
         {**data_files, "train": data_files["more"]},
         n_epochs=2,
-        warm_start={"model": str(base_model), "freeze": ["radial", "scale"]},
+        base_model=base_model,
+        warm_start={"freeze": ["radial", "scale"]},
     )
-    warm = load_model(train(config))
+    warm = load_model(config.run())
     same = jax.tree.map(
         lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), warm.params, base.params
     )
@@ -157,18 +160,18 @@ def test_warm_start_rejects_unknown_element_and_changed_architecture(
     config = tiny_config(
         tmp_path / "m",
         {**data_files, "train": tmp_path / "gold.extxyz"},
-        warm_start={"model": str(base_model)},
+        base_model=base_model,
     )
     with pytest.raises(DataError, match=r"Au \(first in structure 1\)"):
-        train(config)
+        config.run()
     config = tiny_config(
         tmp_path / "m2",
         data_files,
-        warm_start={"model": str(base_model)},
+        base_model=base_model,
         model={**TINY, "hidden": [8]},
     )
     with pytest.raises(DataError, match="hidden"):
-        train(config)
+        config.run()
 
 
 def test_missing_labels_are_reported_before_training(data_files, tmp_path):
@@ -177,17 +180,17 @@ def test_missing_labels_are_reported_before_training(data_files, tmp_path):
     write_frames(tmp_path / "unlabelled.extxyz", frames)
     config = tiny_config(tmp_path / "m", {**data_files, "train": tmp_path / "unlabelled.extxyz"})
     with pytest.raises(DataError, match=r"unlabelled.extxyz: .*structure 2"):
-        train(config)
+        config.run()
     assert not (tmp_path / "m").exists()
 
 
 def test_resume_after_sigkill_equals_uninterrupted_run(data_files, tmp_path):
     n_epochs = 8
     reference = tiny_config(tmp_path / "reference", data_files, n_epochs=n_epochs)
-    train(reference)
+    reference.run()
     config = tiny_config(tmp_path / "killed", data_files, n_epochs=n_epochs)
     config_file = tmp_path / "train.yaml"
-    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    config_file.write_text(yaml.safe_dump(config.yaml_dict()))
     command = [sys.executable, "-m", "apax_core.cli", "train", str(config_file)]
 
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -231,7 +234,7 @@ def test_validate_reports_every_error_with_its_path(tmp_path):
     assert out.returncode != 0
     assert "n_epochs: Field required" in out.stderr
     assert "nepochs: Extra inputs are not permitted" in out.stderr
-    assert "data.train_file: Field required" in out.stderr
+    assert "train_file: Field required" in out.stderr
     assert "data.batch_size: Input should be a valid integer" in out.stderr
     assert "model.hidden" not in out.stderr
 
@@ -240,10 +243,7 @@ def test_template_is_valid_and_validate_accepts_it(tmp_path, data_files):
     for args in (["template", "train"], ["template", "train", "--full"]):
         text = run_cli(*args).stdout
         raw = yaml.safe_load(text)
-        raw["data"]["train_file"], raw["data"]["val_file"] = (
-            str(data_files["train"]),
-            str(data_files["val"]),
-        )
+        raw["train_file"], raw["val_file"] = str(data_files["train"]), str(data_files["val"])
         (tmp_path / "t.yaml").write_text(yaml.safe_dump(raw))
         out = run_cli("validate", "train", str(tmp_path / "t.yaml"))
         assert out.returncode == 0, out.stderr
@@ -257,7 +257,10 @@ def test_template_ensemble_lines_validate_when_uncommented():
         .replace("# loss:", "loss:")
         .replace("#   - ", "  - ")
     )
-    config = TrainConfig.model_validate(yaml.safe_load(text))
+    raw = yaml.safe_load(text)
+    config = TrainConfig.model_validate(
+        {k: v for k, v in raw.items() if k not in TrainRun.model_fields}
+    )
     assert config.model.ensemble.kind == "shallow"
     assert [(t.quantity, t.kind, t.weight) for t in config.loss] == [
         ("energy", "crps", 1.0),
@@ -267,13 +270,13 @@ def test_template_ensemble_lines_validate_when_uncommented():
 
 def test_checkpoint_of_a_different_run_is_not_resumed(data_files, tmp_path):
     first = tiny_config(tmp_path / "m", data_files, n_epochs=2)
-    train(first)
+    first.run()
     rows = read_log(tmp_path / "m")
     # Same directory, same epoch count, other seed: the old state must not be continued.
-    train(tiny_config(tmp_path / "m", data_files, n_epochs=2, seed=7))
+    tiny_config(tmp_path / "m", data_files, n_epochs=2, seed=7).run()
     again = read_log(tmp_path / "m")
     assert [int(r["epoch"]) for r in again] == [1, 2]
     assert again[0]["val_loss"] != rows[0]["val_loss"]
     # And the unchanged config resumes: nothing left to do, the log is kept as it is.
-    train(tiny_config(tmp_path / "m", data_files, n_epochs=2, seed=7))
+    tiny_config(tmp_path / "m", data_files, n_epochs=2, seed=7).run()
     assert read_log(tmp_path / "m") == again

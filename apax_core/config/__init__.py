@@ -4,15 +4,15 @@ Every pluggable choice is a discriminated union keyed by ``kind``; every section
 keys, so a misspelt option is an error, not a silently ignored default. One file per section.
 """
 
-from apax_core.config.common import ConfigError, Strict, format_errors, load_config
+from apax_core.config.common import ConfigError, Strict, format_errors, load_config, load_job
 from apax_core.config.md import (
     NVE,
-    CalibrationConfig,
     ConstantTemperature,
     Dynamics,
     EnergyUncertaintyCheck,
     ForcesUncertaintyCheck,
     MDConfig,
+    MDRun,
     NVTLangevin,
     NVTNoseHoover,
     OscillatingTemperature,
@@ -28,7 +28,6 @@ from apax_core.config.select import (
     MaxDistance,
     MaxUncertainty,
     RandomSelection,
-    SelectConfig,
     SelectionMethod,
 )
 from apax_core.config.train import (
@@ -44,6 +43,7 @@ from apax_core.config.train import (
     LearningRates,
     LinearSchedule,
     LossTerm,
+    ModelBase,
     ModelConfig,
     OptimizerConfig,
     PadBinned,
@@ -52,6 +52,7 @@ from apax_core.config.train import (
     Schedule,
     ShallowEnsemble,
     TrainConfig,
+    TrainRun,
     WarmStart,
     ZBLConfig,
     default_loss,
@@ -63,6 +64,7 @@ __all__ = [
     "Strict",
     "format_errors",
     "load_config",
+    "load_job",
     "ConstantSchedule",
     "CyclicCosineSchedule",
     "DataConfig",
@@ -75,6 +77,7 @@ __all__ = [
     "LearningRates",
     "LinearSchedule",
     "LossTerm",
+    "ModelBase",
     "ModelConfig",
     "OptimizerConfig",
     "PadBinned",
@@ -83,6 +86,7 @@ __all__ = [
     "Schedule",
     "ShallowEnsemble",
     "TrainConfig",
+    "TrainRun",
     "WarmStart",
     "ZBLConfig",
     "default_loss",
@@ -91,15 +95,14 @@ __all__ = [
     "MaxDistance",
     "MaxUncertainty",
     "RandomSelection",
-    "SelectConfig",
     "SelectionMethod",
     "NVE",
-    "CalibrationConfig",
     "ConstantTemperature",
     "Dynamics",
     "EnergyUncertaintyCheck",
     "ForcesUncertaintyCheck",
     "MDConfig",
+    "MDRun",
     "NVTLangevin",
     "NVTNoseHoover",
     "OscillatingTemperature",

@@ -31,15 +31,36 @@ def format_errors(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path, cls: type[Strict]) -> Strict:
-    """Read a YAML file into ``cls``; raise ConfigError naming every bad field at once."""
+def read_mapping(path: str | Path) -> dict:
+    """The top-level mapping of a YAML file; ConfigError if missing or not a mapping."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     raw = yaml.safe_load(path.read_text()) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def load_config(path: str | Path, cls: type[Strict]) -> Strict:
+    """Read a YAML file into ``cls``; raise ConfigError naming every bad field at once."""
     try:
-        return cls.model_validate(raw)
+        return cls.model_validate(read_mapping(path))
     except ValidationError as err:
         raise ConfigError(format_errors(err, str(path))) from None
+
+
+def load_job(path: str | Path, spec_cls: type[Strict], run_cls: type[Strict]):
+    """(spec, run arguments) from one YAML file: the keys of ``run_cls`` are run arguments,
+    every other key belongs to the spec. Every bad field of both is named at once."""
+    raw = read_mapping(path)
+    run_raw = {k: raw.pop(k) for k in list(raw) if k in run_cls.model_fields}
+    errors, out = [], []
+    for cls, part in ((spec_cls, raw), (run_cls, run_raw)):
+        try:
+            out.append(cls.model_validate(part))
+        except ValidationError as err:
+            errors.extend(format_errors(err, str(path)).splitlines()[1:])
+    if errors:
+        raise ConfigError("\n".join([f"{len(errors)} validation error(s) in {path}:", *errors]))
+    return tuple(out)

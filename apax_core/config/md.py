@@ -8,6 +8,7 @@ Nose-Hoover chain), with every pluggable choice a discriminated union keyed by `
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
@@ -158,13 +159,6 @@ class UDDConfig(Strict):
     """B in eV: the uncertainty scale of the bias."""
 
 
-class CalibrationConfig(Strict):
-    """Global post-hoc calibration: ensemble spreads (and uncertainties) scaled by a factor."""
-
-    energy_factor: PositiveFloat = 1.0
-    forces_factor: PositiveFloat = 1.0
-
-
 # ------------------------------------------------------------------------------------------- md
 
 
@@ -203,13 +197,6 @@ class MDConfig(Strict):
     """Also keep the (N, 3, M) member forces of every frame (large files for big systems)."""
     udd: UDDConfig | None = None
     """Bias the dynamics towards uncertain regions (needs an ensemble model)."""
-    calibration: CalibrationConfig | None = None
-    """Scale reported uncertainties (and the checks that use them) by calibration factors."""
-    traj_name: str = "md.h5"
-    """Trajectory file (H5MD) inside the run directory."""
-    restart: bool = True
-    """Continue from the checkpoint in the run directory if there is one (else start over)."""
-    progress_bar: bool = True
 
     @property
     def n_steps(self) -> int:
@@ -229,6 +216,27 @@ class MDConfig(Strict):
             raise ValueError("a forces_uncertainty check needs force_uncertainty: true")
         if self.store_forces_ensemble and not self.force_uncertainty:
             raise ValueError("store_forces_ensemble needs force_uncertainty: true")
+        return self
+
+
+class MDRun(Strict):
+    """The arguments of one MD run from the command line (command-line flags override them).
+    None of them enters the spec or the run's restart identity."""
+
+    structure: Path | None = None
+    """File holding the initial structure (required here or as --structure)."""
+    index: int = -1
+    """Which frame of ``structure``."""
+    directory: Path = Path("md")
+    """Run directory: trajectory, checkpoint, status."""
+    traj_name: str = "md.h5"
+    """Trajectory file (H5MD) inside the run directory."""
+    restart: bool = True
+    """Continue from the checkpoint in the run directory if there is one (else start over)."""
+    progress_bar: bool = True
+
+    @model_validator(mode="after")
+    def _h5md(self) -> MDRun:
         if not self.traj_name.lower().endswith((".h5", ".h5md", ".hdf5")):
             raise ValueError(f"traj_name must be an H5MD file (.h5), got {self.traj_name!r}")
         return self

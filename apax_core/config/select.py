@@ -46,14 +46,3 @@ class MaxUncertainty(Strict):
 SelectionMethod = Annotated[
     MaxDistance | RandomSelection | MaxUncertainty, Field(discriminator="kind")
 ]
-
-
-class SelectConfig(Strict):
-    """How many structures to select, and how."""
-
-    n: PositiveInt
-    """Structures to select (fewer if ``min_distance`` stops the max-distance selection)."""
-    method: SelectionMethod = MaxDistance()
-    batch_size: PositiveInt = 4
-    """Structures per jitted batch when evaluating features or uncertainties (small batches
-    are fastest on CPU; raise it on a GPU)."""

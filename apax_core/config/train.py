@@ -37,17 +37,13 @@ Label = Literal["energy", "forces", "stress"]
 
 
 class DataConfig(Strict):
-    """Where the structures come from and how they are batched.
+    """How the structures are batched (which structures: see :class:`TrainRun`).
 
     The neighbour-list cutoff is the model's ``r_max``: one number, one place.
     """
 
-    train_file: Path
-    """Training structures: any ASE-readable file, or H5MD (.h5, .h5md, .hdf5)."""
-    val_file: Path | None = None
-    """Validation structures; if absent, ``val_fraction`` of the training file is held out."""
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
-    """Fraction of ``train_file`` held out for validation when ``val_file`` is not given."""
+    """Fraction of the training structures held out when no validation structures are given."""
     batch_size: PositiveInt = 8
     val_batch_size: PositiveInt = 16
     padding: Padding = PadToMax()
@@ -86,12 +82,37 @@ class FullEnsemble(Strict):
 Ensemble = Annotated[ShallowEnsemble | FullEnsemble, Field(discriminator="kind")]
 
 
-class GMNNConfig(Strict):
+class ModelBase(Strict):
+    """What every model kind shares: cutoff, readout, elements, precision, ensemble."""
+
+    r_max: float = Field(5.0, gt=0.0)
+    """Cutoff radius in Angstrom (also the neighbour-list cutoff)."""
+    hidden: list[PositiveInt] = [128, 128]
+    """Hidden layer widths of the readout MLP."""
+    activation: Literal["swish", "tanh", "gelu", "softplus"] = "swish"
+    zbl: ZBLConfig | None = None
+    """Optional ZBL repulsion added to the learned energy."""
+    elements: list[str] | None = None
+    """Chemical symbols the model knows; default: the elements of the training data."""
+    precision: Literal["fp32", "fp64"] = "fp32"
+    """Dtype of representation and readout; scale/shift and energy sums are always fp64."""
+    ensemble: Ensemble | None = None
+    """None: a single model; or a shallow or full ensemble for uncertainties."""
+
+    @property
+    def n_members(self) -> int:
+        return 1 if self.ensemble is None else self.ensemble.n_members
+
+    @property
+    def member_chunk(self) -> int | None:
+        """Members per chunk of the member-force jacobian (shallow ensembles); None: all."""
+        return self.ensemble.chunk_size if isinstance(self.ensemble, ShallowEnsemble) else None
+
+
+class GMNNConfig(ModelBase):
     """Gaussian-moment neural network (paper eq. 1-4)."""
 
     kind: Literal["gmnn"] = "gmnn"
-    r_max: float = Field(5.0, gt=0.0)
-    """Cutoff radius in Angstrom (also the neighbour-list cutoff)."""
     r_min: float = Field(0.5, ge=0.0)
     """Centre of the first Gaussian (Gaussian basis only)."""
     basis: Literal["gaussian", "bessel"] = "gaussian"
@@ -101,21 +122,6 @@ class GMNNConfig(Strict):
     """Number of learned radial channels (element-pair contractions of the basis)."""
     n_contr: int = Field(8, ge=1, le=8)
     """How many of the eight Gaussian-moment contraction groups enter the descriptor."""
-    hidden: list[PositiveInt] = [128, 128]
-    """Hidden layer widths of the readout MLP."""
-    activation: Literal["swish", "tanh", "gelu", "softplus"] = "swish"
-    zbl: ZBLConfig | None = None
-    """Optional ZBL repulsion added to the learned energy."""
-    elements: list[str] | None = None
-    """Chemical symbols the model knows; default: the elements of the training data."""
-    precision: Literal["fp32", "fp64"] = "fp32"
-    """Dtype of descriptor and readout; scale/shift and energy sums are always fp64."""
-    ensemble: Ensemble | None = None
-    """None: a single model; or a shallow or full ensemble for uncertainties."""
-
-    @property
-    def n_members(self) -> int:
-        return 1 if self.ensemble is None else self.ensemble.n_members
 
     @model_validator(mode="after")
     def _radii(self) -> GMNNConfig:
@@ -125,6 +131,7 @@ class GMNNConfig(Strict):
 
 
 ModelConfig = GMNNConfig
+"""The model kinds; a second kind turns this into a union discriminated by ``kind``."""
 
 
 # ---------------------------------------------------------------------------------------- train
@@ -155,8 +162,8 @@ class LossTerm(Strict):
 
 
 def default_loss() -> list[LossTerm]:
-    """Per-atom energy MSE x 25 + force MSE: tuned on EMT Cu (bench/train_speed.py); a lower
-    energy weight buys force accuracy with energy accuracy, a higher one the reverse."""
+    """Per-atom energy MSE x 25 + force MSE (a lower energy weight trades energy accuracy for
+    force accuracy; measurements: bench/README.md)."""
     return [
         LossTerm(quantity="energy", weight=25.0, atoms_exponent=1.0),
         LossTerm(quantity="forces", weight=1.0),
@@ -237,20 +244,10 @@ class EMAConfig(Strict):
 
 
 class WarmStart(Strict):
-    """Start from a trained model directory (continuous learning, transfer learning).
+    """How a run continues from a base model (continuous or transfer learning); the base model
+    itself is a run argument (:class:`TrainRun`). The optimiser section applies as it stands:
+    warm starts usually want lower learning rates than a scratch run (bench/README.md)."""
 
-    The optimiser section applies as it stands. Measured on EMT Cu (bench/warm_start.py, 50 %
-    more frames from a hotter, strained regime): a warm start learns best with peak learning
-    rates about 0.3x those of a scratch run and batch size 2; at the scratch rates the first
-    epochs undo much of the base model. It continues training rather than replacing it: with a
-    quarter of the epochs its force error on the new regime was 1.2-1.3x that of a full scratch
-    run, at 40 and at 160 epochs alike, because these models were still improving with every
-    epoch. It pays when the new data is a small addition, as in an active-learning iteration:
-    with 40 new frames (10 %) a quarter of the epochs beat the scratch run on the new regime.
-    """
-
-    model: Path
-    """The base model directory."""
     reset: list[Literal["radial", "nn", "scale_shift"]] = []
     """Groups re-initialised instead of loaded; scale_shift comes from the new data's statistics."""
     freeze: list[Group] = []
@@ -258,17 +255,21 @@ class WarmStart(Strict):
 
 
 class TrainConfig(Strict):
-    """A training run: data, model, objective, optimiser; written into the model directory."""
+    """The spec of a training run: model, objective, optimiser, epochs. It is saved in the model
+    directory and is the run's resume identity; where data and outputs live is a
+    :class:`TrainRun`."""
 
-    directory: Path
-    """The model directory this run writes (and resumes from)."""
     n_epochs: PositiveInt
     seed: int = 0
-    data: DataConfig
+    data: DataConfig = DataConfig()
     model: ModelConfig = GMNNConfig()
     loss: list[LossTerm] = Field(default_factory=default_loss, min_length=1)
     optimizer: OptimizerConfig = OptimizerConfig()
     ema: EMAConfig | None = EMAConfig()
+    patience: PositiveInt | None = None
+    """Stop after this many epochs without a better validation loss (None: never)."""
+    warm_start: WarmStart | None = None
+    """Settings of a warm start; used when the run is given a base model (default: WarmStart())."""
 
     @model_validator(mode="after")
     def _probabilistic_needs_ensemble(self) -> TrainConfig:
@@ -277,7 +278,17 @@ class TrainConfig(Strict):
             raise ValueError(f"nll/crps loss on {bad} needs model.ensemble (shallow or full)")
         return self
 
-    patience: PositiveInt | None = None
-    """Stop after this many epochs without a better validation loss (None: never)."""
-    warm_start: WarmStart | None = None
+
+class TrainRun(Strict):
+    """The arguments of one training run from the command line: inputs, output, display.
+    None of them enters the spec or its resume identity."""
+
+    directory: Path
+    """The model directory this run writes (and resumes from)."""
+    train_file: Path
+    """Training structures: any ASE-readable file, or H5MD (.h5, .h5md, .hdf5)."""
+    val_file: Path | None = None
+    """Validation structures; if absent, ``data.val_fraction`` of the training file is held out."""
+    base_model: Path | None = None
+    """Warm-start from this model directory (settings: ``warm_start``)."""
     progress_bar: bool = True

@@ -46,3 +46,21 @@ class Batch(NamedTuple):
     def structure_mask(self) -> np.ndarray:
         """(B,) bool, True for real structures (a last, short batch is padded with empty ones)."""
         return self.n_atoms > 0
+
+
+def two_atoms(z: int) -> Batch:
+    """One unbatched structure of two atoms of element ``z``, 1 A apart, each the other's only
+    neighbour: the smallest input for initialising parameters and tracing shapes."""
+    return Batch(
+        Z=np.full(2, z, np.int32),
+        positions=np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0]]),
+        cell=np.zeros((3, 3)),
+        idx_j=np.array([[1], [0]], np.int32),
+        offsets=np.zeros((2, 1, 3)),
+        atom_mask=np.ones(2, bool),
+        pair_mask=np.ones((2, 1), bool),
+        n_atoms=np.asarray(2, np.int32),
+        energy=np.zeros(()),
+        forces=np.zeros((2, 3)),
+        stress=np.zeros((3, 3)),
+    )

@@ -83,8 +83,11 @@ class Dataset:
             pairs = np.array([nl.n_pairs for nl in nls])
             logger.info(
                 "neighbour lists for %d structures: %d to %d pairs (mean %.1f)",
-                len(nls), pairs.min(), pairs.max(), pairs.mean(),
-            )  # fmt: skip
+                len(nls),
+                pairs.min(),
+                pairs.max(),
+                pairs.mean(),
+            )
         return nls
 
     def __len__(self) -> int:
@@ -201,8 +204,9 @@ def prefetch(iterator: Iterable[T], size: int) -> Iterator[T]:
         return
     out: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
-    worker = threading.Thread(target=_fill, args=(iterator, out, stop), daemon=True,
-                              name="apax-prefetch")  # fmt: skip
+    worker = threading.Thread(
+        target=_fill, args=(iterator, out, stop), daemon=True, name="apax-prefetch"
+    )
     worker.start()
     try:
         while True:

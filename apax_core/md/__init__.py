@@ -1,27 +1,14 @@
-"""Sampling: the JAX MD engine (jax-md), its configuration pieces, UDD and calibration.
+"""Sampling: the JAX MD engine (jax-md) and its configuration pieces.
 
 ``run_md(model, atoms, config, directory) -> MDResult`` and ``read_trajectory(path)`` are the
-API the workflow layer uses; the ASE calculator lives in :mod:`apax_core.calculator`. The
-engine (and with it jax-md) is imported on first use, so importing the calculator or the
-transforms stays light.
+API the workflow layer uses; the ASE calculator lives in :mod:`apax_core.calculator`, UDD and
+calibration in :mod:`apax_core.transforms`. The engine (and with it jax-md) is imported on first
+use, so importing this package stays light.
 """
 
-from apax_core.md.calibration import GlobalCalibration
-from apax_core.md.io import read_status, read_trajectory
-from apax_core.md.transforms import Transform, predictor
-from apax_core.md.udd import UDD, udd_energy
+from apax_core.md.io import read_trajectory
 
-__all__ = [
-    "GlobalCalibration",
-    "MDResult",
-    "Transform",
-    "UDD",
-    "predictor",
-    "read_status",
-    "read_trajectory",
-    "run_md",
-    "udd_energy",
-]
+__all__ = ["MDResult", "read_trajectory", "run_md"]
 
 
 def __getattr__(name: str):

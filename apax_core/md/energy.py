@@ -17,7 +17,6 @@ import jax.numpy as jnp
 from jax_md import space
 
 from apax_core.data.batch import Batch
-from apax_core.transforms import total_energies
 
 
 def structure(R, idx, Z, box) -> Batch:
@@ -51,15 +50,14 @@ def structure(R, idx, Z, box) -> Batch:
     )
 
 
-def dynamics_energy(apply, Z, box) -> Callable:
-    """``energy(R, neighbor, params, **unused)``: mean member energy (cheap mode) in eV.
+def dynamics_energy(energy_fn, Z, box) -> Callable:
+    """``energy(R, neighbor, params, **unused)`` in eV from an ``energy``-mode predictor (the
+    mean member energy: the cheap force of eq. 6, left, biased if UDD is on).
 
     ``neighbor`` must be valid for R (the engine guarantees it, see ``engine.advance``).
     """
 
     def energy(R, neighbor, params, **unused):
-        s = structure(R, neighbor.idx, Z, box)
-        strain = jnp.zeros((3, 3), jnp.float64)
-        return jnp.mean(total_energies(apply, params, s.positions, strain, s))
+        return energy_fn(params, structure(R, neighbor.idx, Z, box))["energy"]
 
     return energy

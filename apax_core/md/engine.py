@@ -26,13 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from ase import units
+from flax import serialization
 from tqdm.auto import tqdm
 
 from apax_core.config.md import MDConfig
 from apax_core.data import species_index
 from apax_core.md import checkpoint as ckpt
 from apax_core.md import checks as stop
-from apax_core.md.calibration import GlobalCalibration, stored_calibration
 from apax_core.md.energy import dynamics_energy, structure
 from apax_core.md.integrators import integrator, kT_of
 from apax_core.md.io import (
@@ -53,15 +53,16 @@ from apax_core.md.neighbours import (
     standard_frame,
 )
 from apax_core.md.schedules import temperature_fn
-from apax_core.md.transforms import Transform, predictor, transformed_apply
-from apax_core.md.udd import UDD
 from apax_core.model_dir import Model
 from apax_core.precision import x64
+from apax_core.predictor import predictor
+from apax_core.transforms import UDD, Transform
 
 logger = logging.getLogger(__name__)
 
-FINGERPRINT_EXCLUDE = {"duration", "restart", "progress_bar", "traj_name"}
+FINGERPRINT_EXCLUDE = {"duration"}
 """Settings a restarted run may change; every other one must match the checkpoint."""
+TRAJECTORY = "md.h5"
 
 
 @dataclass(frozen=True)
@@ -86,16 +87,9 @@ class Carry(NamedTuple):
     count: jax.Array
 
 
-def transforms_of(config: MDConfig, model: Model) -> tuple[Transform, ...]:
-    """UDD (dynamics and frames), the model's stored calibration, then the config's."""
-    out: list[Transform] = []
-    if config.udd is not None:
-        out.append(UDD(config.udd.height, config.udd.width))
-    out.extend(stored_calibration(model))
-    if config.calibration is not None:
-        c = config.calibration
-        out.append(GlobalCalibration(c.energy_factor, c.forces_factor))
-    return tuple(out)
+def transforms_of(config: MDConfig) -> tuple[Transform, ...]:
+    """The UDD bias if enabled (the model's stored calibration follows it in the predictor)."""
+    return () if config.udd is None else (UDD(config.udd.height, config.udd.width),)
 
 
 def kinetic_temperature(momentum, mass):
@@ -130,23 +124,43 @@ class Engine:
 
 def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: bool) -> Engine:
     """Compose model, transforms, space, neighbour list and integrator into jitted functions."""
-    n = len(atoms)
     Z = jnp.asarray(atoms.numbers, jnp.int32)
     box = jnp.asarray(atoms.cell.array.T) if periodic else None
     displacement, shift = make_space(box)
     nbr_fns = neighbour_fns(
         displacement, box, model.config.r_max, config.skin, config.capacity_multiplier
     )
-    transforms = transforms_of(config, model)
-    energy = dynamics_energy(transformed_apply(model, transforms), Z, box)
+    transforms = transforms_of(config)
+    energy = dynamics_energy(predictor(model, "energy", transforms=transforms), Z, box)
     T_of = temperature_fn(config.temperature)
     integ = integrator(config.dynamics, energy, shift, config.dt, kT_of(float(T_of(0.0))))
-    predict = predictor(
-        model, transforms, force_uncertainty=config.force_uncertainty, stress=periodic
+    mode = "uncertainty" if config.force_uncertainty else "forces"
+    record = _recorder(
+        predictor(model, mode, stress=periodic, transforms=transforms), config, Z, box
     )
+    chunk = _chunker(record, _advancer(integ, T_of, record, config, len(atoms)), config)
+
+    def init(params, key, R, momenta, nbrs):
+        kT = kT_of(T_of(0.0))
+        mass = jnp.asarray(atoms.get_masses())
+        return _to_f64(integ.init(key, R, kT, mass, momenta, neighbor=nbrs, params=params))
+
+    return Engine(
+        model=model,
+        numbers=atoms.numbers.copy(),
+        cell=atoms.cell.array.copy(),
+        pbc=atoms.pbc.copy(),
+        nbr_fns=nbr_fns,
+        init=jax.jit(init),
+        chunk=jax.jit(chunk),
+        reasons=stop.reasons(config.checks),
+    )
+
+
+def _recorder(predict, config: MDConfig, Z, box) -> Callable:
+    """(params, state, nbrs, step) -> one kept frame: the full prediction (member forces are
+    dropped unless stored), positions, momenta, kinetic temperature and step."""
     drop = {"stress_ensemble"} | ({"forces_ensemble"} - _kept(config))
-    rate, n_inner, dt = config.sampling_rate, config.n_inner, config.dt
-    checks = tuple(config.checks)
 
     def record(params, state, nbrs, step) -> dict:
         s = structure(state.position, nbrs.idx, Z, box)
@@ -158,6 +172,13 @@ def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: boo
             "temperature": kinetic_temperature(state.momentum, state.mass),
             "step": step,
         }
+
+    return record
+
+
+def _advancer(integ, T_of, record, config: MDConfig, n_atoms: int) -> Callable:
+    """(params, blank frame, carry) -> carry after one step (see ``advance``)."""
+    rate, dt, checks = config.sampling_rate, config.dt, tuple(config.checks)
 
     def advance(params, blank: dict, c: Carry) -> Carry:
         """One step whose forces always come from a list valid at the new positions: the list
@@ -177,7 +198,7 @@ def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: boo
 
         def keep(_):
             frame = record(params, state, nbrs, step)
-            return frame, stop.reason_code(checks, frame, n)
+            return frame, stop.reason_code(checks, frame, n_atoms)
 
         sample = step % rate == 0
         frame, code = jax.lax.cond(sample, keep, lambda _: (blank, jnp.int32(0)), None)
@@ -186,36 +207,29 @@ def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: boo
         count = c.count + (sample & (code != stop.NAN)).astype(jnp.int32)
         return Carry(state, nbrs, step, code != 0, code, buf, count)
 
+    return advance
+
+
+def _chunker(record, advance, config: MDConfig) -> Callable:
+    """(params, state, nbrs, step, end) -> the carry after steps from ``step`` until ``end``
+    (at most ``n_inner``) or a stop check fires, kept frames in a device buffer."""
+
     def chunk(params, state, nbrs, step, end) -> Carry:
-        """Steps from ``step`` until ``end`` (at most ``n_inner``) or a stop check fires."""
         shapes = jax.eval_shape(record, params, state, nbrs, step)
         blank = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
-        buf = jax.tree.map(lambda x: jnp.zeros((config.frames_per_chunk, *x.shape), x.dtype),
-                           shapes)  # fmt: skip
+        buf = jax.tree.map(
+            lambda x: jnp.zeros((config.frames_per_chunk, *x.shape), x.dtype), shapes
+        )
         zero = jnp.zeros((), jnp.int32)
         carry = Carry(state, nbrs, step, jnp.zeros((), bool), zero, buf, zero)
-        end = jnp.minimum(end, step + n_inner)
+        end = jnp.minimum(end, step + config.n_inner)
         return jax.lax.while_loop(
             lambda c: jnp.logical_not(c.stopped) & (c.step < end),
             lambda c: advance(params, blank, c),
             carry,
         )
 
-    def init(params, key, R, momenta, nbrs):
-        kT = kT_of(T_of(0.0))
-        mass = jnp.asarray(atoms.get_masses())
-        return _to_f64(integ.init(key, R, kT, mass, momenta, neighbor=nbrs, params=params))
-
-    return Engine(
-        model=model,
-        numbers=atoms.numbers.copy(),
-        cell=atoms.cell.array.copy(),
-        pbc=atoms.pbc.copy(),
-        nbr_fns=nbr_fns,
-        init=jax.jit(init),
-        chunk=jax.jit(chunk),
-        reasons=stop.reasons(checks),
-    )
+    return chunk
 
 
 def _kept(config: MDConfig) -> set[str]:
@@ -263,7 +277,7 @@ def _validate(model: Model, atoms: ase.Atoms, config: MDConfig) -> bool:
     species_index(np.asarray(atoms.numbers), model.stats.elements, source="initial structure")
     periodic = check_cell(atoms, model.config.r_max + config.skin)
     stop.validate(config.checks, model.config.n_members, config.force_uncertainty)
-    for t in transforms_of(config, model):
+    for t in transforms_of(config):
         t.check(model)
     if atoms.constraints:
         raise ValueError("the MD engine does not apply ASE constraints; remove them first")
@@ -294,18 +308,47 @@ def _resume(engine: Engine, config: MDConfig, params, saved: ckpt.Checkpoint):
     return ckpt.restore_state(template, saved.state_leaves), nbrs
 
 
-def _run_id(config: MDConfig, atoms: ase.Atoms) -> dict:
-    """What a checkpoint must match to be continued: settings, system and starting point."""
+def _run_id(config: MDConfig, atoms: ase.Atoms, model: Model) -> dict:
+    """What a checkpoint must match to be continued: settings, system, starting point and the
+    model (its parameters and calibration), so a retrained model starts afresh."""
     start = np.concatenate([atoms.positions.ravel(), atoms.get_momenta().ravel()])
     digest = hashlib.sha256(np.round(start, 8).tobytes()).hexdigest()[:16]
-    return {**fingerprint(config, atoms), "start": digest}
+    weights = hashlib.sha256(serialization.to_bytes(model.params))
+    weights.update(repr(model.calibration).encode())
+    return {**fingerprint(config, atoms), "start": digest, "model": weights.hexdigest()[:16]}
 
 
-def run_md(model: Model, atoms: ase.Atoms, config: MDConfig, directory: Path) -> MDResult:
+def _matching_checkpoint(directory: Path, run_id: dict) -> ckpt.Checkpoint | None:
+    """The checkpoint in ``directory`` if it belongs to this run. One of another model (e.g.
+    retrained) is ignored; one of other settings or another start structure is an error."""
+    saved = ckpt.load(directory)
+    if saved is None or saved.meta["fingerprint"] == run_id:
+        return saved
+    if {k: v for k, v in saved.meta["fingerprint"].items() if k != "model"} == {
+        k: v for k, v in run_id.items() if k != "model"
+    }:
+        logger.warning("%s holds a checkpoint of another model; starting afresh", directory)
+        return None
+    raise ValueError(
+        f"{directory} holds a checkpoint of a run with other settings or another start "
+        "structure; use another directory or restart=False"
+    )
+
+
+def run_md(
+    model: Model,
+    atoms: ase.Atoms,
+    config: MDConfig,
+    directory: str | Path,
+    *,
+    traj_name: str = TRAJECTORY,
+    restart: bool = True,
+    progress_bar: bool = True,
+) -> MDResult:
     """Run (or continue) MD of ``atoms`` with ``model``; frames go to ``directory/traj_name``.
 
-    With ``config.restart`` and a checkpoint in ``directory``, the run continues from it with
-    the same settings (only ``duration`` may grow); the trajectory is truncated to the
+    With ``restart`` and a checkpoint in ``directory``, the run continues from it with the same
+    settings and model (only ``duration`` may grow); the trajectory is truncated to the
     checkpoint's frame count first, so it ends up with no missing and no duplicated frames.
     Periodic cells are rotated to jax-md's triangular form if needed (frames are written in
     that frame).
@@ -314,17 +357,13 @@ def run_md(model: Model, atoms: ase.Atoms, config: MDConfig, directory: Path) ->
     directory.mkdir(parents=True, exist_ok=True)
     periodic = _validate(model, atoms, config)
     atoms = standard_frame(atoms) if periodic else atoms.copy()
-    traj = directory / config.traj_name
+    traj = directory / traj_name
+    run_id = json.loads(json.dumps(_run_id(config, atoms, model)))
     with x64():
         engine = engine_for(model, atoms, config, periodic)
         params = jax.device_put(model.params)
-        saved = ckpt.load(directory) if config.restart else None
+        saved = _matching_checkpoint(directory, run_id) if restart else None
         if saved is not None:
-            if saved.meta["fingerprint"] != json.loads(json.dumps(_run_id(config, atoms))):
-                raise ValueError(
-                    f"{directory} holds a checkpoint of a run with other settings or another "
-                    "start structure; use another directory or set restart: false"
-                )
             state, nbrs = _resume(engine, config, params, saved)
             meta = saved.meta
             truncate(traj, meta["n_frames"])
@@ -339,23 +378,35 @@ def run_md(model: Model, atoms: ase.Atoms, config: MDConfig, directory: Path) ->
                 "stopped": False,
                 "reason": None,
                 "extra_capacity": config.extra_capacity,
-                "fingerprint": _run_id(config, atoms),
+                "fingerprint": run_id,
             }
-        return _loop(engine, config, params, state, nbrs, meta, directory, traj)
+        return _loop(engine, config, params, state, nbrs, meta, directory, traj, progress_bar)
 
 
-def _loop(engine: Engine, config: MDConfig, params, state, nbrs, meta: dict, directory: Path,
-          traj: Path) -> MDResult:  # fmt: skip
-    n_atoms, dt = len(engine.numbers), config.dt
-    step, frames = meta["step"], meta["n_frames"]
-    stopped, reason = meta["stopped"], meta["reason"]
-    timing: list[float] = []
-    bar = tqdm(total=config.n_steps, initial=min(step, config.n_steps), unit="step",
-               desc="md", disable=not config.progress_bar)  # fmt: skip
+def _loop(
+    engine: Engine,
+    config: MDConfig,
+    params,
+    state,
+    nbrs,
+    meta: dict,
+    directory: Path,
+    traj: Path,
+    progress_bar: bool,
+) -> MDResult:
+    """Chunks until the duration is reached or a stop check fires; meta is updated in place."""
+    timing: list[tuple[float, int]] = []
+    bar = tqdm(
+        total=config.n_steps,
+        initial=min(meta["step"], config.n_steps),
+        unit="step",
+        desc="md",
+        disable=not progress_bar,
+    )
     try:
-        while step < config.n_steps and not stopped:
-            end = min(step + config.n_inner, config.n_steps)
-            t0, meta_step = time.perf_counter(), step
+        while meta["step"] < config.n_steps and not meta["stopped"]:
+            step = meta["step"]
+            end, t0 = min(step + config.n_inner, config.n_steps), time.perf_counter()
             with quiet():
                 out = engine.chunk(params, state, nbrs, jnp.asarray(step), jnp.asarray(end))
             jax.block_until_ready(out)
@@ -363,34 +414,53 @@ def _loop(engine: Engine, config: MDConfig, params, state, nbrs, meta: dict, dir
             if error is not None:
                 nbrs = _grow(engine, state, out, meta, error)
                 continue
-            count = int(out.count)
-            if count:
-                host = jax.tree.map(np.asarray, out.buf)
-                atoms = frames_to_atoms(host, count, engine.numbers, engine.cell, engine.pbc, dt)
-                append_frames(traj, atoms, dt * config.sampling_rate)
-                bar.set_postfix(T=f"{atoms[-1].info['temperature']:.0f} K")
+            _keep_chunk(engine, config, out, meta, directory, traj, bar)
             state, nbrs = out.state, out.nbrs
-            bar.update(int(out.step) - step)
-            step, frames = int(out.step), frames + count
-            stopped = bool(out.stopped)
-            reason = engine.reasons[int(out.reason)] if stopped else None
-            meta.update(step=step, n_frames=frames, stopped=stopped, reason=reason)
-            ckpt.save(directory, state, nbrs, meta)
-            write_status(directory, status_dict(stopped, reason, step, dt, frames))
-            timing.append((time.perf_counter() - t0, int(out.step) - meta_step))
+            timing.append((time.perf_counter() - t0, meta["step"] - step))
     finally:
         bar.close()
-    status = status_dict(stopped, reason, step, dt, frames)
+    status = status_dict(meta["stopped"], meta["reason"], meta["step"], config.dt, meta["n_frames"])
     write_status(directory, status)
-    if stopped:
-        logger.warning("MD stopped at step %d (%.1f fs): %s", step, step * dt, reason)
-    timing_summary = _timing(timing, n_atoms)
-    if timing_summary["us_per_atom_step"] is not None:
+    if meta["stopped"]:
+        logger.warning(
+            "MD stopped at step %d (%.1f fs): %s",
+            meta["step"],
+            meta["step"] * config.dt,
+            meta["reason"],
+        )
+    summary = _timing(timing, len(engine.numbers))
+    if summary["us_per_atom_step"] is not None:
         logger.info(
             "%.2f us/atom/step over the steady chunks (compilation %.1f s not included)",
-            timing_summary["us_per_atom_step"], timing_summary["compile_s"],
-        )  # fmt: skip
-    return MDResult(traj, status, timing_summary)
+            summary["us_per_atom_step"],
+            summary["compile_s"],
+        )
+    return MDResult(traj, status, summary)
+
+
+def _keep_chunk(
+    engine: Engine, config: MDConfig, out: Carry, meta: dict, directory: Path, traj: Path, bar
+) -> None:
+    """Append a finished chunk's frames, then checkpoint and status (in that order, so a
+    restart truncates the trajectory to the checkpoint)."""
+    count, dt = int(out.count), config.dt
+    if count:
+        host = jax.tree.map(np.asarray, out.buf)
+        atoms = frames_to_atoms(host, count, engine.numbers, engine.cell, engine.pbc, dt)
+        append_frames(traj, atoms, dt * config.sampling_rate)
+        bar.set_postfix(T=f"{atoms[-1].info['temperature']:.0f} K")
+    bar.update(int(out.step) - meta["step"])
+    stopped = bool(out.stopped)
+    meta.update(
+        step=int(out.step),
+        n_frames=meta["n_frames"] + count,
+        stopped=stopped,
+        reason=engine.reasons[int(out.reason)] if stopped else None,
+    )
+    ckpt.save(directory, out.state, out.nbrs, meta)
+    write_status(
+        directory, status_dict(stopped, meta["reason"], meta["step"], dt, meta["n_frames"])
+    )
 
 
 def _grow(engine: Engine, state, out: Carry, meta: dict, error: str):
@@ -410,8 +480,9 @@ def _grow(engine: Engine, state, out: Carry, meta: dict, error: str):
     new = engine.allocate(state.position, meta["extra_capacity"])
     logger.warning(
         "neighbour list overflow (capacity %d); reallocated with %d slots, redoing the chunk",
-        old, int(new.idx.shape[-1]),
-    )  # fmt: skip
+        old,
+        int(new.idx.shape[-1]),
+    )
     return new
 
 

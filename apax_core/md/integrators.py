@@ -27,8 +27,9 @@ def kT_of(temperature_K):
     return units.kB * temperature_K
 
 
-def integrator(dynamics: Dynamics, energy_fn: Callable, shift_fn: Callable, dt_fs: float,
-               kT0: float) -> Integrator:  # fmt: skip
+def integrator(
+    dynamics: Dynamics, energy_fn: Callable, shift_fn: Callable, dt_fs: float, kT0: float
+) -> Integrator:
     """jax-md init/step functions for ``dynamics`` with time step ``dt_fs`` (fs).
 
     ``energy_fn(R, **kwargs)`` receives the step's keyword arguments (neighbour list,

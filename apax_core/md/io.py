@@ -13,11 +13,10 @@ import logging
 from pathlib import Path
 
 import ase
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.stress import full_3x3_to_voigt_6_stress
+import numpy as np
 
+from apax_core.calculator import ase_results, with_results
 from apax_core.files import atomic_write
-from apax_core.md.transforms import UNCERTAINTY_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +27,7 @@ INFO_KEYS = ("md_step", "md_time_fs", "temperature")
 
 def frames_to_atoms(buf: dict, count: int, numbers, cell, pbc, dt_fs: float) -> list[ase.Atoms]:
     """Host copies of the first ``count`` buffered frames as Atoms with their results."""
+    keys = [k for k in buf if k not in ("positions", "momenta", "step", "temperature")]
     frames = []
     for k in range(count):
         atoms = ase.Atoms(numbers=numbers, positions=buf["positions"][k], cell=cell, pbc=pbc)
@@ -36,17 +36,8 @@ def frames_to_atoms(buf: dict, count: int, numbers, cell, pbc, dt_fs: float) -> 
         atoms.info.update(
             md_step=step, md_time_fs=step * dt_fs, temperature=float(buf["temperature"][k])
         )
-        results = {"energy": float(buf["energy"][k]), "forces": buf["forces"][k]}
-        if "stress" in buf:
-            results["stress"] = full_3x3_to_voigt_6_stress(buf["stress"][k])
-        atoms.calc = SinglePointCalculator(atoms, **results)
-        extras = {key: buf[key][k] for key in UNCERTAINTY_KEYS if key in buf}
-        if "stress_uncertainty" in extras:
-            extras["stress_uncertainty"] = full_3x3_to_voigt_6_stress(extras["stress_uncertainty"])
-        if "energy_uncertainty" in extras:
-            extras["energy_uncertainty"] = float(extras["energy_uncertainty"])
-        atoms.calc.results.update(extras)
-        frames.append(atoms)
+        pred = {key: buf[key][k] for key in keys}
+        frames.append(with_results(atoms, ase_results(pred, len(atoms), bool(pbc.any()))))
     return frames
 
 
@@ -100,11 +91,6 @@ def write_status(directory: Path, status: dict) -> None:
     atomic_write(directory / STATUS, json.dumps(status, indent=2))
 
 
-def read_status(directory: Path) -> dict | None:
-    path = Path(directory) / STATUS
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
 def status_dict(stopped: bool, reason: str | None, step: int, dt_fs: float, frames: int) -> dict:
     return {
         "stopped": bool(stopped),
@@ -113,3 +99,19 @@ def status_dict(stopped: bool, reason: str | None, step: int, dt_fs: float, fram
         "time_fs": float(step * dt_fs),
         "n_frames": int(frames),
     }
+
+
+def trace(frames: list[ase.Atoms]) -> list[dict[str, float]]:
+    """One row per frame: simulated time (the stored ``md_time_fs``), kinetic temperature and,
+    for ensembles, the energy uncertainty and the largest per-atom force uncertainty norm."""
+    rows = []
+    for atoms in frames:
+        res = atoms.calc.results if atoms.calc is not None else {}
+        row = {"time_fs": float(atoms.info["md_time_fs"]), "temperature": atoms.get_temperature()}
+        if "energy_uncertainty" in res:
+            row["energy_uncertainty"] = float(res["energy_uncertainty"])
+        if "forces_uncertainty" in res:
+            norms = np.linalg.norm(res["forces_uncertainty"], axis=-1)
+            row["max_forces_uncertainty"] = float(np.max(norms))
+        rows.append(row)
+    return rows

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from apax_core.config import FullEnsemble, ModelConfig, ShallowEnsemble
+from apax_core.data.batch import two_atoms
 from apax_core.model.energy import EnergyModel, ModelStatistics
 from apax_core.model.gmnn import descriptor_size
 
@@ -36,13 +37,11 @@ def init_params(model: EnergyModel, key: jax.Array):
 
     A full ensemble gets M independently initialised parameter sets stacked on axis 0.
     """
-    z = jnp.asarray([model.stats.elements[0]] * 2, dtype=jnp.int32)
-    dr = jnp.asarray([[[1.0, 0.0, 0.0]], [[-1.0, 0.0, 0.0]]], dtype=jnp.float64)  # (2, 1, 3)
-    idx_j = jnp.asarray([[1], [0]])
-    mask = jnp.ones(2, dtype=bool)
+    s = two_atoms(model.stats.elements[0])
+    dr = jnp.asarray(s.positions[s.idx_j] - s.positions[:, None, :] + s.offsets)
 
     def init(k):
-        return model.init(k, dr, z, idx_j, mask, mask[:, None])["params"]
+        return model.init(k, dr, s.Z, s.idx_j, s.atom_mask, s.pair_mask)["params"]
 
     if is_full(model.config):
         return jax.vmap(init)(jax.random.split(key, model.config.ensemble.n_members))

@@ -19,7 +19,8 @@ def gaussian_basis(r, n_basis: int, r_min: float, r_max: float):
 
 
 def bessel_basis(r, n_basis: int, r_max: float):
-    """Kocer et al.'s orthogonal combination of spherical Bessel functions: (..., n_basis).
+    """Kocer et al.'s smooth combinations of spherical Bessel functions: (..., n_basis). These
+    are the functions before their orthogonalisation, so they are not orthogonal.
 
     g_n(r) = (-1)^n sqrt(2) pi / r_max^1.5 * (n+1)(n+2) / sqrt((n+1)^2 + (n+2)^2)
              * [sinc((n+1) r / r_max) + sinc((n+2) r / r_max)],  sinc(x) = sin(pi x) / (pi x).

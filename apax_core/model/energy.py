@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import chemical_symbols
 
-from apax_core.config import GMNNConfig
+from apax_core.config import GMNNConfig, ModelConfig
 from apax_core.model.gmnn import GaussianMoments
 from apax_core.model.readout import Readout
 from apax_core.model.zbl import zbl_pair_energy
@@ -44,6 +44,14 @@ class ModelStatistics:
         return table
 
 
+def representation(config: ModelConfig, n_species: int, dtype) -> nn.Module:
+    """The representation module of a model kind: (dr_vec, species, idx_j, pair_mask) ->
+    per-atom features (N, F), zero for padded atoms. The one place that maps kinds to modules."""
+    if isinstance(config, GMNNConfig):
+        return GaussianMoments(config, n_species, dtype, name="representation")
+    raise TypeError(f"no representation for model kind {config.kind!r}")
+
+
 def _constant(values):
     def init(key, shape, dtype):
         return jnp.asarray(values, dtype=dtype).reshape(shape)
@@ -57,7 +65,7 @@ class EnergyModel(nn.Module):
     Dense neighbours: dr_vec (N, K, 3), idx_j and pair_mask (N, K) (see data/batch.py).
     """
 
-    config: GMNNConfig
+    config: ModelConfig
     stats: ModelStatistics
     n_outputs: int = 1
 
@@ -68,9 +76,7 @@ class EnergyModel(nn.Module):
         n_species = len(stats.elements)
         species = jnp.asarray(stats.species_table())[Z]
 
-        features = GaussianMoments(cfg, n_species, dtype, name="representation")(
-            dr_vec, species, idx_j, pair_mask
-        )
+        features = representation(cfg, n_species, dtype)(dr_vec, species, idx_j, pair_mask)
         out = Readout(cfg.hidden, cfg.activation, self.n_outputs, dtype, name="readout")(features)
 
         scale_shift = ScaleShift(stats.scale, stats.shift, name="scale_shift")

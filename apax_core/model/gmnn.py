@@ -62,8 +62,12 @@ def moments(radial, unit):
     """
     m = jnp.einsum("nks,nkc->nsc", radial, _powers3(unit))
     n, s = m.shape[:2]
-    return (m[..., 0], m[..., 1:4], m[..., 4:13].reshape(n, s, 3, 3),
-            m[..., 13:].reshape(n, s, 3, 3, 3))  # fmt: skip
+    return (
+        m[..., 0],
+        m[..., 1:4],
+        m[..., 4:13].reshape(n, s, 3, 3),
+        m[..., 13:].reshape(n, s, 3, 3, 3),
+    )
 
 
 def _moments_fwd(radial, unit):

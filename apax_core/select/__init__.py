@@ -3,13 +3,7 @@
 from apax_core.select.api import Selection, check_request, select, write_diagnostics
 from apax_core.select.baselines import random_selection, spaced_top_k, uncertainties
 from apax_core.select.diagnostics import pca_2d, write_distance_curve, write_pca
-from apax_core.select.features import (
-    compute_features,
-    feature_dim,
-    feature_fn,
-    feature_map,
-    projection_matrix,
-)
+from apax_core.select.features import compute_features, feature_dim, projection_matrix
 from apax_core.select.maxdist import max_distance_selection, min_squared_distances
 
 __all__ = [
@@ -17,8 +11,6 @@ __all__ = [
     "check_request",
     "compute_features",
     "feature_dim",
-    "feature_fn",
-    "feature_map",
     "max_distance_selection",
     "min_squared_distances",
     "pca_2d",

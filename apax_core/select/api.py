@@ -14,7 +14,7 @@ from apax_core.data import DataError, Structure, species_index
 from apax_core.model_dir import Model
 from apax_core.select.baselines import random_selection, spaced_top_k, uncertainties
 from apax_core.select.diagnostics import write_distance_curve, write_pca
-from apax_core.select.features import compute_features, feature_fn
+from apax_core.select.features import compute_features
 from apax_core.select.maxdist import max_distance_selection, n_before_threshold
 
 logger = logging.getLogger(__name__)
@@ -109,14 +109,16 @@ def select(
 
 
 def _max_distance(model, train, pool, n, config: MaxDistance, batch_size, rank_all, progress):
-    fn = feature_fn(model, config.feature_map)  # one compiled function for both sets
-
     def features(structures):
         return compute_features(
-            model, structures, config.feature_map,
-            projection_dim=config.projection_dim, projection_seed=config.projection_seed,
-            batch_size=batch_size, progress=progress, fn=fn,
-        )  # fmt: skip
+            model,
+            structures,
+            config.feature_map,
+            projection_dim=config.projection_dim,
+            projection_seed=config.projection_seed,
+            batch_size=batch_size,
+            progress=progress,
+        )
 
     train_f, pool_f = features(train), features(pool)
     if not rank_all:

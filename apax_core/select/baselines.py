@@ -10,14 +10,12 @@ import logging
 from collections.abc import Sequence
 from typing import Literal
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
+from apax_core.batching import map_structures
 from apax_core.data import Structure
 from apax_core.model_dir import Model
-from apax_core.select.features import map_structures
-from apax_core.transforms import batched, ensemble_predict, mean_std, total_energies
+from apax_core.predictor import compiled
 
 logger = logging.getLogger(__name__)
 
@@ -45,29 +43,14 @@ def spaced_top_k(scores: np.ndarray, n: int, min_spacing: int = 1) -> np.ndarray
         picks.append(int(i))
         blocked[max(0, i - min_spacing + 1) : i + min_spacing] = True
     if len(picks) < n:
-        logger.warning("only %d of %d picks fit with min_spacing %d in a pool of %d",
-                       len(picks), n, min_spacing, len(scores))  # fmt: skip
-    return np.asarray(picks, dtype=np.int64)
-
-
-def uncertainty_score(model: Model, quantity: Quantity):
-    """Per-structure uncertainty (params, s) -> scalar: the energy standard deviation over the
-    members (eV), or the largest norm of an atom's force standard deviations (eV/A)."""
-    if model.config.ensemble is None:
-        raise ValueError("uncertainty needs an ensemble model (config.model.ensemble)")
-    chunk = getattr(model.config.ensemble, "chunk_size", None)
-
-    def score(params, s):
-        if quantity == "energy":  # a forward pass: member energies only
-            strain = jnp.zeros((3, 3), dtype=jnp.float64)
-            return mean_std(total_energies(model.apply, params, s.positions, strain, s))[1]
-        out = ensemble_predict(
-            model.apply, params, s, member_apply=model.member_apply, chunk_size=chunk
+        logger.warning(
+            "only %d of %d picks fit with min_spacing %d in a pool of %d",
+            len(picks),
+            n,
+            min_spacing,
+            len(scores),
         )
-        per_atom = jnp.linalg.norm(out["forces_uncertainty"], axis=-1) * s.atom_mask
-        return jnp.max(per_atom)
-
-    return score
+    return np.asarray(picks, dtype=np.int64)
 
 
 def uncertainties(
@@ -78,9 +61,21 @@ def uncertainties(
     batch_size: int = 4,
     progress: bool = False,
 ) -> np.ndarray:
-    """:func:`uncertainty_score` of each structure, (n_structures,), in jitted batches."""
-    fn = jax.jit(batched(uncertainty_score(model, quantity)))
-    return map_structures(
-        fn, model.params, structures, model.config.r_max,
-        batch_size=batch_size, progress=progress, desc=f"{quantity} uncertainty",
-    )  # fmt: skip
+    """Per-structure uncertainty, (n_structures,): the energy standard deviation over the
+    members (eV; a forward pass), or the largest norm of an atom's force standard deviations
+    (eV/A; member forces). Calibrated, which rescales but never reorders them."""
+    if model.config.n_members < 2:
+        raise ValueError("uncertainty needs an ensemble model (config.model.ensemble)")
+    mode = "energy" if quantity == "energy" else "uncertainty"
+    preds = map_structures(
+        compiled(model, mode, stress=False),
+        model.params,
+        structures,
+        model.config.r_max,
+        batch_size=batch_size,
+        progress=progress,
+        desc=f"{quantity} uncertainty",
+    )
+    if quantity == "energy":
+        return np.array([float(p["energy_uncertainty"]) for p in preds])
+    return np.array([np.max(np.linalg.norm(p["forces_uncertainty"], axis=-1)) for p in preds])

@@ -1,39 +1,19 @@
 """Selection diagnostics (paper fig. 3): the distance curve of a greedy ranking and a PCA map.
 
-Each is written as a PNG and as a dvc-plots friendly CSV (header row, one row per point), each
-file whole (temporary name, then rename). Figures use matplotlib's Agg canvas directly, so no
-global backend is switched and no pyplot state is touched.
+Each is written as a PNG and as a dvc-plots friendly CSV through :mod:`apax_core.plots`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from apax_core.files import atomic_write
+from apax_core.plots import write_csv, write_png
 
 COLOURS = {"train": "0.6", "pool": "tab:blue", "selected": "tab:red"}
 """The paper's colours: training grey, pool blue, selected red."""
-
-
-def _csv_text(header: list[str], rows) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def _png_bytes(fig: Figure) -> bytes:
-    FigureCanvasAgg(fig)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    return buffer.getvalue()
 
 
 def pca_2d(train: np.ndarray, pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -66,9 +46,7 @@ def write_distance_curve(
     d = np.asarray(distances, dtype=np.float64)
     n_sel = len(d) if n_selected is None else n_selected
     rows = [(k + 1, repr(float(v)), int(k < n_sel)) for k, v in enumerate(d)]
-    csv_path = atomic_write(
-        directory / "distances.csv", _csv_text(["pick", "distance", "selected"], rows)
-    )
+    csv_path = write_csv(directory / "distances.csv", ["pick", "distance", "selected"], rows)
 
     fig = Figure(figsize=(5, 3.5))
     ax = fig.add_subplot()
@@ -82,7 +60,7 @@ def write_distance_curve(
     ax.set_xlabel("pick")
     ax.set_ylabel("distance to nearest known structure")
     ax.legend(frameon=False)
-    png_path = atomic_write(directory / "distances.png", _png_bytes(fig))
+    png_path = write_png(fig, directory / "distances.png")
     return [csv_path, png_path]
 
 
@@ -98,7 +76,7 @@ def write_pca(
     labels[np.asarray(selected, dtype=np.int64)] = "selected"
     rows = [("train", k, repr(float(x)), repr(float(y))) for k, (x, y) in enumerate(t_xy)]
     rows += [(labels[k], k, repr(float(x)), repr(float(y))) for k, (x, y) in enumerate(p_xy)]
-    csv_path = atomic_write(directory / "pca.csv", _csv_text(["set", "index", "pc1", "pc2"], rows))
+    csv_path = write_csv(directory / "pca.csv", ["set", "index", "pc1", "pc2"], rows)
 
     fig = Figure(figsize=(5, 4))
     ax = fig.add_subplot()
@@ -106,10 +84,10 @@ def write_pca(
     for name, xy in groups.items():
         if len(xy):
             big = name == "selected"
-            ax.scatter(xy[:, 0], xy[:, 1], s=24 if big else 10, color=COLOURS[name], label=name,
-                       zorder=3 if big else 2)  # fmt: skip
+            size, z = (24, 3) if big else (10, 2)
+            ax.scatter(xy[:, 0], xy[:, 1], s=size, color=COLOURS[name], label=name, zorder=z)
     ax.set_xlabel("PC 1")
     ax.set_ylabel("PC 2")
     ax.legend(frameon=False)
-    png_path = atomic_write(directory / "pca.png", _png_bytes(fig))
+    png_path = write_png(fig, directory / "pca.png")
     return [csv_path, png_path]

@@ -91,8 +91,9 @@ def max_distance_selection(
             pick = _pick(d2, pool, tol)
         dist = float(np.sqrt(max(d2[pick], 0.0)))
         if min_distance is not None and dist < min_distance:
-            logger.info("stopping after %d picks: next distance %.4g < %.4g",
-                        len(picks), dist, min_distance)  # fmt: skip
+            logger.info(
+                "stopping after %d picks: next distance %.4g < %.4g", len(picks), dist, min_distance
+            )
             break
         picks.append(pick)
         dists.append(dist)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from ase.data import atomic_numbers
+from flax import serialization
 
-from apax_core.config import TrainConfig
+from apax_core.config import TrainConfig, WarmStart
 from apax_core.data import (
     DataError,
     Structure,
@@ -35,12 +37,15 @@ class TrainingData:
     """The warm-start base model, if any."""
 
     def fingerprint(self) -> str:
-        """Hash of every array the run learns from: a checkpoint resumes only the same data."""
+        """Hash of every array the run learns from (structures and the base model's parameters,
+        never its path): a checkpoint resumes only the same data."""
         h = hashlib.sha256()
         for s in (*self.train, *self.val):
             for a in (s.Z, s.positions, s.cell, s.energy, s.forces, s.stress):
                 if a is not None:
                     h.update(np.ascontiguousarray(a).tobytes())
+        if self.base is not None:
+            h.update(serialization.to_bytes(self.base.params))
         return h.hexdigest()
 
 
@@ -83,49 +88,61 @@ def model_elements(config: TrainConfig, structures: list[Structure], base: Model
     return tuple(sorted({int(z) for s in structures for z in s.Z}))
 
 
-def load_training_data(
-    config: TrainConfig, structures: tuple[list[Structure], list[Structure] | None] | None = None
-) -> TrainingData:
-    """Read (or take) the training and validation structures, the base model of a warm start,
-    and the statistics; every check that can fail does so here.
+Source = Path | str | Sequence[Structure]
+"""Structures, or a file to read them from."""
 
-    ``structures`` replaces the files named in the config (workflow nodes pass their frames);
-    a validation list of None means: hold out ``val_fraction``.
+
+def structures_of(source: Source, labels: list[str], name: str) -> tuple[list[Structure], str]:
+    """The structures of ``source`` with their labels checked, and a name for messages."""
+    if isinstance(source, str | Path):
+        return read_structures(Path(source), labels), str(source)
+    structures = list(source)
+    check_labels(structures, labels, name)
+    return structures, name
+
+
+def base_model(path: Path, config: TrainConfig) -> Model:
+    """The warm-start base model; its architecture must be the spec's."""
+    if not Path(path).is_dir():
+        raise DataError(f"base model: no model directory at {path}")
+    base = load_model(path)
+    if base.config != config.model:
+        mine, theirs = config.model.model_dump(), base.config.model_dump()
+        diff = sorted(k for k in mine if mine[k] != theirs[k])
+        raise DataError(
+            f"base model {path}: the model section differs from the base model in {diff}; "
+            "a warm start continues the same architecture"
+        )
+    return base
+
+
+def load_training_data(
+    config: TrainConfig, train: Source, val: Source | None = None, base: Path | None = None
+) -> TrainingData:
+    """Read (or take) the training and validation structures, the warm-start base model and
+    the statistics; every check that can fail does so here.
+
+    A ``val`` of None means: hold out ``data.val_fraction`` of the training structures.
     """
     labels = sorted({t.quantity for t in config.loss} | set(config.data.labels))
-    cfg = config.data
-    if structures is None:
-        train = read_structures(cfg.train_file, labels)
-        val = read_structures(cfg.val_file, labels) if cfg.val_file is not None else None
-    else:
-        train, val = structures
-        check_labels(train, labels, str(cfg.train_file))
-        if val is not None:
-            check_labels(val, labels, str(cfg.val_file or cfg.train_file))
+    train, train_name = structures_of(train, labels, "training data")
     if val is None:
-        train, val = split(train, cfg.val_fraction, cfg.shuffle_seed)
-
-    base = None
-    if config.warm_start is not None:
-        if not Path(config.warm_start.model).is_dir():
-            raise DataError(f"warm_start.model: no model directory at {config.warm_start.model}")
-        base = load_model(config.warm_start.model)
-        if base.config != config.model:
-            mine, theirs = config.model.model_dump(), base.config.model_dump()
-            diff = sorted(k for k in mine if mine[k] != theirs[k])
-            raise DataError(
-                f"warm_start.model: the model section differs from the base model in {diff}; "
-                "a warm start continues the same architecture"
-            )
+        train, val = split(train, config.data.val_fraction, config.data.shuffle_seed)
+        val_name = train_name
+    else:
+        val, val_name = structures_of(val, labels, "validation data")
+    if config.warm_start is not None and base is None:
+        raise DataError("warm_start is set but the run has no base model to start from")
+    base = None if base is None else base_model(base, config)
     elements = model_elements(config, train + val, base)
-    species_index(train, elements, str(cfg.train_file))
-    species_index(val, elements, str(cfg.val_file or cfg.train_file))
+    species_index(train, elements, train_name)
+    species_index(val, elements, val_name)
     if not train or not val:
-        raise DataError(f"{cfg.train_file}: no structures to train on")
-
+        raise DataError(f"{train_name}: no structures to train on")
+    warm = config.warm_start or WarmStart()
     if base is None:
         stats = data_statistics(train, elements)
-    elif "scale_shift" in config.warm_start.reset:  # new energy reference, same descriptor scales
+    elif "scale_shift" in warm.reset:  # new energy reference, same descriptor scales
         fresh = data_statistics(train, elements)
         stats = dataclasses.replace(base.stats, shift=fresh.shift, scale=fresh.scale)
     else:

@@ -7,7 +7,6 @@ bit-identical, with no optimiser state spent on them.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import optax
 
 from apax_core.config import (
@@ -33,39 +32,39 @@ def param_labels(params):
     return jax.tree_util.tree_map_with_path(lambda p, _: group_of(p), params)
 
 
-def schedule_factor(cfg: Schedule, steps_per_epoch: int, n_epochs: int):
-    """step -> multiplier of the peak learning rates."""
+def lr_schedule(cfg: Schedule, steps_per_epoch: int, n_epochs: int) -> optax.Schedule:
+    """step -> multiplier of the peak learning rates: optax's schedule of ``cfg``, scaled by a
+    linear warm-up ramp (step + 1) / warmup_steps over the first ``warmup_epochs``."""
     total = max(steps_per_epoch * n_epochs, 1)
-    warmup = cfg.warmup_epochs * steps_per_epoch
-
-    def factor(step):
-        step = jnp.asarray(step, jnp.float32)
-        ramp = jnp.minimum(1.0, (step + 1.0) / warmup) if warmup > 0 else 1.0
-        if isinstance(cfg, LinearSchedule):
-            shape = 1.0 + (cfg.end_factor - 1.0) * jnp.minimum(step / total, 1.0)
-        elif isinstance(cfg, CyclicCosineSchedule):
-            epoch = step / steps_per_epoch
-            cycle = jnp.floor(epoch / cfg.period_epochs)
-            phase = epoch / cfg.period_epochs - cycle
-            shape = cfg.decay_factor**cycle * 0.5 * (1.0 + jnp.cos(jnp.pi * phase))
-        else:
-            shape = 1.0
-        return ramp * shape
-
-    return factor
+    if isinstance(cfg, LinearSchedule):
+        shape = optax.linear_schedule(1.0, cfg.end_factor, total)
+    elif isinstance(cfg, CyclicCosineSchedule):
+        period = max(round(cfg.period_epochs * steps_per_epoch), 1)
+        cycles = [
+            optax.cosine_decay_schedule(cfg.decay_factor**c, period)
+            for c in range(-(-total // period))
+        ]
+        shape = optax.join_schedules(cycles, [period * (c + 1) for c in range(len(cycles) - 1)])
+    else:
+        shape = optax.constant_schedule(1.0)
+    warmup = round(cfg.warmup_epochs * steps_per_epoch)
+    if warmup <= 1:
+        return shape
+    ramp = optax.linear_schedule(1.0 / warmup, 1.0, warmup - 1)
+    return lambda step: ramp(step) * shape(step)
 
 
 def make_optimizer(
-    cfg: OptimizerConfig, steps_per_epoch: int, n_epochs: int, frozen: frozenset[str] = frozenset()
+    cfg: OptimizerConfig, schedule: optax.Schedule, frozen: frozenset[str] = frozenset()
 ) -> optax.GradientTransformation:
-    factor = schedule_factor(cfg.schedule, steps_per_epoch, n_epochs)
-    rates = cfg.learning_rates.model_dump()
+    """One optax optimiser per parameter group at its peak rate times ``schedule``; a group
+    with rate 0 or in ``frozen`` gets ``set_to_zero``. Optional global-norm clipping first."""
     groups = {}
-    for group, peak in rates.items():
+    for group, peak in cfg.learning_rates.model_dump().items():
         if peak == 0.0 or group in frozen:
             groups[group] = optax.set_to_zero()
         else:
-            lr = lambda step, peak=peak: peak * factor(step)  # noqa: E731
+            lr = lambda step, peak=peak: peak * schedule(step)  # noqa: E731
             groups[group] = optax_optimizer(cfg.name)(learning_rate=lr, **cfg.kwargs)
     tx = optax.multi_transform(groups, param_labels)
     if cfg.grad_clip is not None:

@@ -12,7 +12,9 @@ import io
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,50 +22,36 @@ import numpy as np
 import optax
 from tqdm import tqdm
 
-from apax_core.config import FullEnsemble, TrainConfig
-from apax_core.data import Dataset, Structure, prefetch
+from apax_core.config import FullEnsemble, TrainConfig, TrainRun, WarmStart
+from apax_core.data import Dataset, prefetch
 from apax_core.files import atomic_write
-from apax_core.model import build_model, init_params, make_apply, make_member_apply
-from apax_core.model_dir import save_config, save_params, save_stats
+from apax_core.model import init_params
+from apax_core.model_dir import Model, save_config, save_params, save_stats
 from apax_core.precision import with_x64
-from apax_core.train.data import load_training_data
+from apax_core.predictor import predictor
+from apax_core.train.data import Source, TrainingData, load_training_data
 from apax_core.train.losses import total_loss
 from apax_core.train.metrics import accumulate, error_sums, finalize
-from apax_core.train.optim import make_optimizer, schedule_factor
+from apax_core.train.optim import lr_schedule, make_optimizer
 from apax_core.train.state import TrainState, load_checkpoint, save_checkpoint
 from apax_core.train.warm_start import warm_start_params
-from apax_core.transforms import batched, energy_forces_stress, ensemble_predict
+from apax_core.transforms import batched
 
 log = logging.getLogger(__name__)
 
 
-def prediction_fn(config: TrainConfig, apply, member_apply, stress: bool):
-    """(params, structure) -> predictions with exactly what the loss terms need.
-
-    Member forces (the expensive jacobian, eq. 6 right) only for a full ensemble or a
-    probabilistic force/stress term; otherwise the gradient of the mean energy.
-    """
-    ens = config.model.ensemble
-    members_needed = isinstance(ens, FullEnsemble) or any(
+def training_mode(config: TrainConfig) -> str:
+    """What the loss terms need: member forces (the expensive jacobian, eq. 6 right) for a full
+    ensemble or a probabilistic force/stress term; else the gradient of the mean energy."""
+    members = isinstance(config.model.ensemble, FullEnsemble) or any(
         t.probabilistic and t.quantity != "energy" for t in config.loss
     )
-    if ens is None:
-        return lambda p, s: energy_forces_stress(apply, p, s, stress=stress)
-    chunk = getattr(ens, "chunk_size", None)
-    return lambda p, s: ensemble_predict(
-        apply,
-        p,
-        s,
-        member_apply=member_apply,
-        chunk_size=chunk,
-        force_uncertainty=members_needed,
-        stress=stress,
-    )
+    return "uncertainty" if members else "forces"
 
 
-def make_steps(apply, member_apply, config: TrainConfig, tx, labels: tuple[str, ...]):
+def make_steps(model: Model, config: TrainConfig, tx, labels: tuple[str, ...]):
     """Jitted train and eval steps for one model and objective."""
-    predict = batched(prediction_fn(config, apply, member_apply, "stress" in labels))
+    predict = batched(predictor(model, training_mode(config), stress="stress" in labels))
     per_member = isinstance(config.model.ensemble, FullEnsemble)
 
     def loss_fn(params, batch):
@@ -114,58 +102,52 @@ def write_log(directory: Path, rows: tuple[dict, ...]) -> None:
     atomic_write(directory / "log.csv", buf.getvalue())
 
 
+@dataclass(frozen=True)
+class Setup:
+    """Everything an epoch needs, built once per run."""
+
+    config: TrainConfig
+    train: Dataset
+    val: Dataset
+    train_step: Any
+    eval_step: Any
+    schedule: Any
+    steps_per_epoch: int
+
+
 @with_x64
 def train(
     config: TrainConfig,
+    directory: str | Path,
+    train_data: Source,
+    val_data: Source | None = None,
     *,
-    checkpoint_dir: Path | None = None,
-    structures: tuple[list[Structure], list[Structure] | None] | None = None,
+    base_model: str | Path | None = None,
+    checkpoint_dir: str | Path | None = None,
+    progress_bar: bool = True,
 ) -> Path:
-    """Train (or resume training) and return the model directory.
+    """Train (or resume training) a model on ``train_data`` and return its model ``directory``.
 
-    ``checkpoint_dir`` (default: inside the model directory) holds the resume state; a workflow
-    keeps it where a rerun finds it. ``structures`` (train, val) replace the config's files.
+    Data are files or structures; without ``val_data``, ``data.val_fraction`` is held out.
+    ``base_model`` (a model directory) warm-starts the run. ``checkpoint_dir`` (default: inside
+    the model directory) holds the resume state; a workflow keeps it where a rerun finds it.
     """
-    directory = Path(config.directory)
+    directory = Path(directory)
     checkpoint_dir = Path(checkpoint_dir or directory / "checkpoint")
-    data = load_training_data(config, structures)  # every input error is raised here
-    train_ds = Dataset(data.train, config.model.r_max)
-    val_ds = Dataset(data.val, config.model.r_max)
-
-    stats = data.stats
-    model = build_model(config.model, stats)
-    params = init_params(model, jax.random.PRNGKey(config.seed))
-    frozen: frozenset[str] = frozenset()
-    if data.base is not None:
-        params = warm_start_params(params, data.base.params, config.warm_start.reset)
-        frozen = frozenset(config.warm_start.freeze)
-
-    bs = config.data.batch_size
-    steps_per_epoch = train_ds.n_batches(bs)
-    tx = make_optimizer(config.optimizer, steps_per_epoch, config.n_epochs, frozen)
-    state = TrainState(params=params, opt_state=tx.init(params), ema=params)
+    data = load_training_data(config, train_data, val_data, base_model)  # every input error
+    setup, state = _setup(config, data)
     run_id = run_identity(config, data)
     resumed = load_checkpoint(checkpoint_dir, state, run_id)
     if resumed is not None:
         log.info("resuming %s after epoch %d", directory, resumed.epoch)
         state = resumed
     save_config(directory, config)
-    save_stats(directory, stats)
-
-    labels = tuple(sorted({t.quantity for t in config.loss} | set(config.data.labels)))
-
-    train_step, eval_step = make_steps(
-        make_apply(model), make_member_apply(model), config, tx, labels
-    )
-    lr_factor = schedule_factor(config.optimizer.schedule, steps_per_epoch, config.n_epochs)
-    ema = config.ema
-
-    epochs = range(state.epoch, config.n_epochs)
+    save_stats(directory, data.stats)
     bar = tqdm(
-        epochs,
+        range(state.epoch, config.n_epochs),
         desc="train",
         unit="epoch",
-        disable=not config.progress_bar,
+        disable=not progress_bar,
         initial=state.epoch,
         total=config.n_epochs,
     )
@@ -173,36 +155,9 @@ def train(
         if config.patience is not None and epoch - 1 - state.best_epoch >= config.patience:
             log.info("early stop: no improvement for %d epochs", config.patience)
             break
-        start = time.perf_counter()
-        decay = jnp.asarray(ema.decay if ema and epoch >= ema.start_epoch else 0.0)
-        p, o, e = state.params, state.opt_state, state.ema
-        total, loss_sum, n = None, 0.0, 0
-        batches = train_ds.batches(
-            bs, config.data.padding, shuffle=True, seed=config.data.shuffle_seed, epoch=epoch
-        )
-        for batch in prefetch(batches, config.data.prefetch):
-            p, o, e, loss, sums = train_step(p, o, e, decay, batch)
-            k = _n_real(batch)
-            loss_sum, n = loss_sum + float(loss) * k, n + k
-            total = accumulate(total, sums)
-        eval_params = e if ema else p
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / max(n, 1),
-            **evaluate_loss(eval_step, eval_params, val_ds, config),
-            **finalize(total, "train_"),
-            "lr_nn": config.optimizer.learning_rates.nn
-            * float(lr_factor((epoch + 1) * steps_per_epoch - 1)),
-            "epoch_s": time.perf_counter() - start,
-        }
-        if not (np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])):
-            raise FloatingPointError(
-                f"training diverged in epoch {epoch + 1} (train loss {row['train_loss']}, "
-                f"validation loss {row['val_loss']}); lower the learning rates or check the data"
-            )
-        state = state.replace(params=p, opt_state=o, ema=e, epoch=epoch + 1, log=state.log + (row,))
+        state, row = _epoch(setup, state, epoch)
         if row["val_loss"] < state.best_loss:
-            save_params(directory, eval_params)
+            save_params(directory, _eval_params(config, state))
             state = state.replace(best_loss=row["val_loss"], best_epoch=epoch)
             _write_best_metrics(directory, row)
         save_checkpoint(checkpoint_dir, state, run_id)
@@ -212,13 +167,89 @@ def train(
             f_mae=f"{row.get('val_forces_mae', float('nan')):.1f}",
         )
     if not (directory / "params.msgpack").is_file():  # zero epochs run: keep the start point
-        save_params(directory, state.ema if ema else state.params)
+        save_params(directory, _eval_params(config, state))
     return directory
 
 
-def run_identity(config: TrainConfig, data) -> str:
-    """What a checkpoint must match to be resumed: the config (bar cosmetics) and the data."""
-    settings = config.model_dump(mode="json", exclude={"progress_bar", "directory"})
+def train_run(config: TrainConfig, run: TrainRun, **kwargs) -> Path:
+    """:func:`train` with the run arguments of a :class:`TrainRun` (the command line's form)."""
+    return train(
+        config,
+        run.directory,
+        run.train_file,
+        run.val_file,
+        base_model=run.base_model,
+        progress_bar=run.progress_bar,
+        **kwargs,
+    )
+
+
+def _eval_params(config: TrainConfig, state: TrainState):
+    """The parameters that are validated and saved: the EMA weights if enabled."""
+    return state.ema if config.ema else state.params
+
+
+def _setup(config: TrainConfig, data: TrainingData) -> tuple[Setup, TrainState]:
+    """Datasets, the (warm-started) initial state, optimiser and jitted steps."""
+    train_ds = Dataset(data.train, config.model.r_max)
+    val_ds = Dataset(data.val, config.model.r_max)
+    model = Model(config.model, data.stats, None)
+    params = init_params(model.module, jax.random.PRNGKey(config.seed))
+    frozen: frozenset[str] = frozenset()
+    if data.base is not None:
+        warm = config.warm_start or WarmStart()
+        params = warm_start_params(params, data.base.params, warm.reset)
+        frozen = frozenset(warm.freeze)
+    steps = train_ds.n_batches(config.data.batch_size)
+    schedule = lr_schedule(config.optimizer.schedule, steps, config.n_epochs)
+    tx = make_optimizer(config.optimizer, schedule, frozen)
+    labels = tuple(sorted({t.quantity for t in config.loss} | set(config.data.labels)))
+    train_step, eval_step = make_steps(model, config, tx, labels)
+    setup = Setup(config, train_ds, val_ds, train_step, eval_step, schedule, steps)
+    return setup, TrainState(params=params, opt_state=tx.init(params), ema=params)
+
+
+def _epoch(setup: Setup, state: TrainState, epoch: int) -> tuple[TrainState, dict]:
+    """One pass over the shuffled training set, then validation: the new state and log row."""
+    config, start = setup.config, time.perf_counter()
+    ema = config.ema
+    decay = jnp.asarray(ema.decay if ema and epoch >= ema.start_epoch else 0.0)
+    p, o, e = state.params, state.opt_state, state.ema
+    total, loss_sum, n = None, 0.0, 0
+    batches = setup.train.batches(
+        config.data.batch_size,
+        config.data.padding,
+        shuffle=True,
+        seed=config.data.shuffle_seed,
+        epoch=epoch,
+    )
+    for batch in prefetch(batches, config.data.prefetch):
+        p, o, e, loss, sums = setup.train_step(p, o, e, decay, batch)
+        k = _n_real(batch)
+        loss_sum, n = loss_sum + float(loss) * k, n + k
+        total = accumulate(total, sums)
+    state = state.replace(params=p, opt_state=o, ema=e, epoch=epoch + 1)
+    last_step = (epoch + 1) * setup.steps_per_epoch - 1
+    row = {
+        "epoch": epoch + 1,
+        "train_loss": loss_sum / max(n, 1),
+        **evaluate_loss(setup.eval_step, _eval_params(config, state), setup.val, config),
+        **finalize(total, "train_"),
+        "lr_nn": config.optimizer.learning_rates.nn * float(setup.schedule(last_step)),
+        "epoch_s": time.perf_counter() - start,
+    }
+    if not (np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])):
+        raise FloatingPointError(
+            f"training diverged in epoch {epoch + 1} (train loss {row['train_loss']}, "
+            f"validation loss {row['val_loss']}); lower the learning rates or check the data"
+        )
+    return state.replace(log=state.log + (row,)), row
+
+
+def run_identity(config: TrainConfig, data: TrainingData) -> str:
+    """What a checkpoint must match to be resumed: the spec and the data (structures and the
+    base model's parameters). Run arguments (paths, progress bar) never enter it."""
+    settings = config.model_dump(mode="json")
     return json.dumps({"config": settings, "data": data.fingerprint()}, sort_keys=True)
 
 

@@ -17,11 +17,12 @@ is smooth where all members agree.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax.numpy as jnp
 
-from apax_core.md.transforms import Transform
-from apax_core.model_dir import Model
-from apax_core.transforms import ENSEMBLE_DDOF
+from apax_core.transforms.base import Transform
+from apax_core.transforms.ensemble import ENSEMBLE_DDOF
 
 
 def udd_energy(member_energies, n_atoms, height: float, width: float):
@@ -31,29 +32,28 @@ def udd_energy(member_energies, n_atoms, height: float, width: float):
     return height * (jnp.exp(-variance / (m * n_atoms * width**2)) - 1.0)
 
 
+@dataclass(frozen=True)
 class UDD(Transform):
     """Adds the eq. 9 bias to the model energy; needs an ensemble (M >= 2)."""
 
-    def __init__(self, height: float = 1.0, width: float = 1.2) -> None:
-        if not (height > 0 and width > 0):
-            raise ValueError(f"UDD height and width must be positive, got {height}, {width}")
-        self.height, self.width = float(height), float(width)
+    height: float = 1.0
+    width: float = 1.2
 
-    def __repr__(self) -> str:
-        return f"UDD(height={self.height}, width={self.width})"
+    def __post_init__(self) -> None:
+        if not (self.height > 0 and self.width > 0):
+            raise ValueError(f"UDD height and width must be positive, got {self}")
 
-    def check(self, model: Model) -> None:
+    def check(self, model) -> None:
         if model.config.n_members < 2:
             raise ValueError("UDD needs an ensemble model (shallow or full), got a single model")
 
-    def energy(self, apply):
+    def wrap_apply(self, apply):
         def biased(params, dr_vec, Z, *rest):
             atomic = apply(params, dr_vec, Z, *rest).astype(jnp.float64)
             atom_mask = Z > 0  # padded atoms have Z == 0 (Batch contract)
             members = jnp.sum(atomic, axis=0)
-            n_atoms = jnp.sum(atom_mask)
-            bias = udd_energy(members, jnp.maximum(n_atoms, 1), self.height, self.width)
-            per_atom = jnp.where(atom_mask, bias / jnp.maximum(n_atoms, 1), 0.0)
-            return atomic + per_atom[:, None]
+            n_atoms = jnp.maximum(jnp.sum(atom_mask), 1)
+            bias = udd_energy(members, n_atoms, self.height, self.width)
+            return atomic + jnp.where(atom_mask, bias / n_atoms, 0.0)[:, None]
 
         return biased

@@ -1,0 +1,58 @@
+"""Figures and dvc-plots tables: CSV (header row, one row per point) and PNG, each written whole.
+
+Figures are drawn on matplotlib's Agg canvas directly, so no global backend is switched and no
+pyplot state is touched: importing or calling this module changes nothing for its host program.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from apax_core.files import atomic_write
+
+
+def write_csv(path: str | Path, header: Sequence[str], rows: Iterable[Sequence]) -> Path:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return atomic_write(path, buffer.getvalue())
+
+
+def write_png(fig: Figure, path: str | Path) -> Path:
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return atomic_write(path, buffer.getvalue())
+
+
+def parity_png(reference: np.ndarray, predicted: np.ndarray, title: str, path: str | Path) -> Path:
+    """Predicted against reference values with the identity line."""
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    ax.scatter(reference, predicted, s=2, alpha=0.4)
+    lo = float(min(reference.min(), predicted.min()))
+    hi = float(max(reference.max(), predicted.max()))
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+    ax.set(xlabel="reference force (eV/A)", ylabel="predicted force (eV/A)", title=title)
+    return write_png(fig, path)
+
+
+def reliability_png(
+    expected: np.ndarray, observed: np.ndarray, title: str, path: str | Path
+) -> Path:
+    """Observed against expected coverage of central Gaussian intervals (ideal: diagonal)."""
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="ideal")
+    ax.plot(expected, observed, lw=2, label="model")
+    ax.set(xlabel="expected coverage", ylabel="observed coverage", title=title)
+    ax.legend()
+    return write_png(fig, path)

@@ -1,0 +1,128 @@
+"""The one prediction path: what to compute for a model, as one jitted per-structure function.
+
+:func:`predictor` turns a model (any kind: single, shallow or full ensemble) and a mode into a
+pure function ``(params, one padded structure) -> dict``, with the given transforms (e.g. UDD)
+and then the model's stored calibration applied. Every consumer (trainer, predict and evaluate,
+the ASE calculator, the MD engine, selection) calls it; none asks which kind of model it has.
+
+Modes:
+
+- ``energy``: the (mean) energy; ensembles add ``energy_ensemble`` and ``energy_uncertainty``.
+  A forward pass only.
+- ``forces``: plus forces (and stress) from the gradient of the mean energy: the cost of a
+  single model (eq. 6, left).
+- ``uncertainty``: ensembles compute every member's forces and stress and report their mean
+  and spread (eq. 6, right); single models as ``forces``.
+- ``last_layer_gradient`` / ``descriptor_mean``: ``{"features": (D,)}`` for selection (eq. 11).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Literal, get_args
+
+import jax
+import jax.numpy as jnp
+
+from apax_core.data.batch import Batch
+from apax_core.model_dir import Model
+from apax_core.transforms import (
+    Transform,
+    batched,
+    energy_forces_stress,
+    feature_map,
+    has_energy_hook,
+    mean_std,
+    member_predictions,
+    total_energies,
+    wrapped_apply,
+    zero_strain,
+)
+from apax_core.transforms.features import FeatureMapName
+
+Mode = Literal["energy", "forces", "uncertainty", "last_layer_gradient", "descriptor_mean"]
+FEATURE_MODES = frozenset(get_args(FeatureMapName))
+Predictor = Callable[[dict, Batch], dict]
+
+
+def predictor(
+    model: Model,
+    mode: Mode = "forces",
+    *,
+    stress: bool = True,
+    transforms: Sequence[Transform] = (),
+) -> Predictor:
+    """(params, one structure) -> predictions of ``mode`` (see the module docstring).
+
+    ``transforms`` apply in order (energy hooks innermost first, then results hooks), followed
+    by the model's stored calibration. A full ensemble under an energy transform is evaluated
+    through the transformed stacked apply, because a bias couples the members.
+    """
+    if mode in FEATURE_MODES:
+        if transforms:
+            raise ValueError(f"feature mode {mode!r} takes no transforms")
+        fn = feature_map(model, mode)
+        return lambda params, s: {"features": fn(params, s)}
+    if mode not in ("energy", "forces", "uncertainty"):
+        raise ValueError(f"unknown prediction mode {mode!r}")
+    chain = (*transforms, *(() if model.calibration.is_identity else (model.calibration,)))
+    for t in chain:
+        t.check(model)
+    compute = _compute(model, mode, stress, chain)
+
+    def predict(params, s: Batch) -> dict:
+        out = compute(params, s)
+        for t in chain:
+            out = t.results(out)
+        return out
+
+    return predict
+
+
+def _compute(model: Model, mode: Mode, stress: bool, chain: Sequence[Transform]) -> Predictor:
+    """The raw (untransformed-results) computation of ``mode``."""
+    apply = wrapped_apply(model.apply, chain)
+    ensemble = model.config.n_members > 1
+    if mode == "uncertainty" and ensemble:
+        member_apply = None if has_energy_hook(chain) else model.member_apply
+        chunk = model.config.member_chunk
+
+        def members(params, s):
+            out = member_predictions(apply, params, s, member_apply=member_apply, chunk_size=chunk)
+            return out if stress else {k: v for k, v in out.items() if not k.startswith("stress")}
+
+        return members
+
+    def mean(params, s):
+        if mode == "energy":
+            energies = total_energies(apply, params, s.positions, zero_strain(), s)
+            out = {"energy": jnp.mean(energies), "energy_ensemble": energies}
+        else:
+            out = energy_forces_stress(apply, params, s, stress=stress)
+        if ensemble:
+            out["energy_uncertainty"] = mean_std(out["energy_ensemble"])[1]
+        else:
+            out.pop("energy_ensemble")
+        return out
+
+    return mean
+
+
+def compiled(
+    model: Model,
+    mode: Mode = "forces",
+    *,
+    stress: bool = True,
+    transforms: Sequence[Transform] = (),
+) -> Callable[[dict, Batch], dict]:
+    """The jitted, batched :func:`predictor`. Parameters are an argument, so one compilation
+    serves every model of the same architecture, statistics, calibration and transforms."""
+    key = (type(model.config), model.config.model_dump_json(), model.stats, model.calibration)
+    return _compiled(*key, mode, stress, tuple(transforms))
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(config_type, config_json, stats, calibration, mode, stress, transforms):
+    model = Model(config_type.model_validate_json(config_json), stats, None, calibration)
+    return jax.jit(batched(predictor(model, mode, stress=stress, transforms=transforms)))

@@ -1,0 +1,69 @@
+"""Energy, forces and stress of one structure as function transformations of the energy model.
+
+``apply`` is ``(params, dr_vec, Z, idx_j, atom_mask, pair_mask) -> atomic energies (N, M)`` with
+dense neighbours (see data/batch.py); M is 1 for a single model and the member count of an
+ensemble. Everything here is a pure function of (params, one structure) and composes with
+``jax.vmap`` over a :class:`apax_core.data.Batch` and ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from apax_core.data.batch import Batch
+
+AtomicEnergyFn = Callable[..., jax.Array]
+
+
+def pair_vectors(positions, offsets, idx_j, strain):
+    """r_ik = (R_j(i,k) - R_i + offset_ik) (I + strain), (N, K, 3): the strain derivative gives
+    the virial."""
+    dr = positions[idx_j] - positions[:, None, :] + offsets
+    return dr + dr @ strain
+
+
+def zero_strain():
+    return jnp.zeros((3, 3), dtype=jnp.float64)
+
+
+def total_energies(apply: AtomicEnergyFn, params, positions, strain, s: Batch):
+    """Energy per model output (M,), summed over atoms in fp64, for one structure ``s``."""
+    dr = pair_vectors(positions, s.offsets, s.idx_j, strain)
+    atomic = apply(params, dr, s.Z, s.idx_j, s.atom_mask, s.pair_mask)
+    return jnp.sum(atomic.astype(jnp.float64), axis=0)
+
+
+def energy_forces_stress(apply: AtomicEnergyFn, params, s: Batch, *, stress: bool = True):
+    """Mean energy over model outputs, forces -dE/dR and stress (1/V) dE/d(strain) in eV/A^3.
+
+    One forward and one backward pass; the member energies come along as ``energy_ensemble``.
+    Stress is zero for structures without a cell volume (molecules, padding structures).
+    """
+
+    def mean_energy(positions, strain):
+        members = total_energies(apply, params, positions, strain, s)
+        return jnp.mean(members), members
+
+    argnums = (0, 1) if stress else 0
+    (energy, members), grads = jax.value_and_grad(mean_energy, argnums=argnums, has_aux=True)(
+        s.positions, zero_strain()
+    )
+    grad_r = grads[0] if stress else grads
+    out = {"energy": energy, "energy_ensemble": members, "forces": -grad_r * s.atom_mask[:, None]}
+    if stress:
+        out["stress"] = grads[1] * inverse_volume(s.cell)
+    return out
+
+
+def inverse_volume(cell):
+    """1/V, or 0 for a structure without volume (molecule, padding)."""
+    volume = jnp.abs(jnp.linalg.det(cell))
+    return jnp.where(volume > 0, 1.0 / jnp.where(volume > 0, volume, 1.0), 0.0)
+
+
+def batched(fn):
+    """vmap a per-structure function ``fn(params, s)`` over the leading axis of a Batch."""
+    return jax.vmap(fn, in_axes=(None, 0))
