@@ -96,7 +96,14 @@ def main() -> None:
     for key in rounds["base"][0]:
         base = statistics.median(m[key] for m in rounds["base"])
         head = statistics.median(m[key] for m in rounds["head"])
-        rows.append({"quantity": key, "base": base, "head": head, "head/base": head / base})
+        rows.append(
+            {
+                "quantity": key,
+                "base": base,
+                "head": head,
+                "head/base": head / base if base else None,
+            }
+        )
     print(table(rows, ["quantity", "base", "head", "head/base"]))
     result = {
         "base": args.base,
