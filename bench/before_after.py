@@ -80,6 +80,7 @@ def main() -> None:
     args = p.parse_args()
     rounds: dict[str, list[dict]] = {"base": [], "head": []}
     with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "shared").symlink_to(REPO.parent / "shared")  # the benchmarks' data
         trees = {k: checkout(getattr(args, k), Path(tmp) / k) for k in rounds}
         try:
             for r in range(args.rounds):
