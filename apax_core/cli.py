@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -35,8 +36,7 @@ model:
 
 MINIMAL_MD = """\
 # apax-core MD: run arguments and the spec. `apax-core template md --full` lists every option.
-# Needs an ensemble model for its stop check (train with the ensemble lines of the train
-# template), or drop the check. Run: apax-core md MODEL_DIR md.yaml
+# Runs with any model of `apax-core template train`. Run: apax-core md MODEL_DIR md.yaml
 structure: start.extxyz           # initial structure (or --structure)
 directory: md                     # trajectory, checkpoint, status (or --directory)
 dynamics:
@@ -51,9 +51,14 @@ dt: 0.5                           # fs
 duration: 100000                  # fs
 n_inner: 500                      # steps per compiled chunk
 sampling_rate: 10                 # keep a frame every 10 steps
-checks:                           # stop when the model is unsure (needs an ensemble)
-  - {kind: forces_uncertainty, threshold: 1.0}
+checks:                           # stop when the model is unsure. With an ensemble (the train
+  - {kind: max_temperature, max_T: 2000}  # template's ensemble lines) add, e.g.:
+#  - {kind: forces_uncertainty, threshold: 1.0}   # eV/A
+# udd: {height: 1.0, width: 1.2}  # uncertainty-driven dynamics (ensembles)
 """
+
+BAD_INPUT = 2
+"""Exit code of a command given bad input (argparse uses 2 for bad arguments as well)."""
 
 JOBS = {"train": (TrainConfig, TrainRun), "md": (MDConfig, MDRun)}
 
@@ -71,7 +76,7 @@ def _cmd_validate(args) -> int:
     job = _load(args.kind, args.config)
     if job is None:
         print("Configuration invalid.", file=sys.stderr)
-        return 1
+        return BAD_INPUT
     run = job[1]
     files = ("train_file", "val_file", "base_model") if args.kind == "train" else ("structure",)
     missing = [
@@ -81,7 +86,7 @@ def _cmd_validate(args) -> int:
     ]
     if missing:
         print("\n".join(missing), file=sys.stderr)
-        return 1
+        return BAD_INPUT
     print(f"{args.config}: valid")
     return 0
 
@@ -107,7 +112,7 @@ def _cmd_train(args) -> int:
 
     job = _load("train", args.config)
     if job is None:
-        return 1
+        return BAD_INPUT
     spec, run = job
     directory = train_run(spec, run)
     print(json.dumps(json.loads((directory / "metrics.json").read_text()), indent=2))
@@ -187,7 +192,7 @@ def _cmd_select(args) -> int:
         )
     except (ValueError, FileNotFoundError) as err:  # bad input: one clear message
         print(err, file=sys.stderr)
-        return 1
+        return BAD_INPUT
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_frames(out / "selected.extxyz", [pool_frames[i] for i in selection.indices])
@@ -202,13 +207,13 @@ def _cmd_select(args) -> int:
 
 
 def _cmd_md(args) -> int:
-    from apax_core.data import read_frames
+    from apax_core.data import DataError, read_frames
     from apax_core.md import run_md
     from apax_core.model_dir import load_model
 
     job = _load("md", args.config)
     if job is None:
-        return 1
+        return BAD_INPUT
     spec, run = job
     flags = {"structure": args.structure, "index": args.index, "directory": args.directory}
     run = run.model_copy(update={k: v for k, v in flags.items() if v is not None})
@@ -217,9 +222,12 @@ def _cmd_md(args) -> int:
             "md: no initial structure (set `structure` in the config or --structure)",
             file=sys.stderr,
         )
-        return 1
+        return BAD_INPUT
     model = load_model(args.model)
-    atoms = read_frames(run.structure)[run.index]
+    frames = read_frames(run.structure)
+    if not -len(frames) <= run.index < len(frames):
+        raise DataError(f"{run.structure}: no structure {run.index} ({len(frames)} structures)")
+    atoms = frames[run.index]
     result = run_md(
         model,
         atoms,
@@ -309,9 +317,18 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. Bad input (a config, data, file, element or cell problem) is one line
+    on stderr naming the file, structure or field, and exit code 2; a traceback means a bug.
+    ``APAX_TRACEBACK=1`` shows the traceback of bad input too."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except (ValueError, FileNotFoundError, IsADirectoryError) as err:
+        if os.environ.get("APAX_TRACEBACK"):
+            raise
+        print(f"apax-core {args.command}: {err}", file=sys.stderr)
+        return BAD_INPUT
 
 
 if __name__ == "__main__":

@@ -56,3 +56,18 @@ def reliability_png(
     ax.set(xlabel="expected coverage", ylabel="observed coverage", title=title)
     ax.legend()
     return write_png(fig, path)
+
+
+def loop_png(table, path: str | Path) -> Path:
+    """Test force error and calibrated force z^2 of each iteration against the labels so far
+    (``table`` has columns n_labels, test_forces_mae, forces_z2)."""
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
+    ax.plot(table["n_labels"], table["test_forces_mae"], "o-", color="tab:blue")
+    ax.set(xlabel="labelled structures", ylabel="test force MAE (meV/A)")
+    if "forces_z2" in table and table["forces_z2"].notna().any():
+        twin = ax.twinx()
+        twin.plot(table["n_labels"], table["forces_z2"], "s--", color="tab:red")
+        twin.axhline(1.0, color="tab:red", lw=0.8, alpha=0.5)
+        twin.set_ylabel("force mean z^2 (calibrated; ideal 1)", color="tab:red")
+    return write_png(fig, path)

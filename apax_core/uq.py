@@ -54,6 +54,13 @@ def calibrate_model(model: Model, structures: Sequence[Structure], batch_size: i
     return dataclasses.replace(model, calibration=fitted)
 
 
+def uncalibrated(preds: list[dict], calibration: Calibration) -> list[dict]:
+    """``preds`` made with ``calibration`` as they were before it (spreads divided by its
+    factors; means are never changed by a calibration)."""
+    inverse = Calibration(1.0 / calibration.energy, 1.0 / calibration.forces)
+    return [{k: np.asarray(v) for k, v in inverse.results(p).items()} for p in preds]
+
+
 def gaussian_nll(err, sigma) -> float:
     var = np.maximum(sigma, 1e-12) ** 2
     return float(np.mean(0.5 * (np.log(2 * np.pi * var) + err**2 / var)))

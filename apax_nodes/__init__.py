@@ -9,6 +9,7 @@ from apax_nodes.label import EMTLabeller, GenericLabeller, Label, LJLabeller
 from apax_nodes.load_data import LoadData
 from apax_nodes.md import MD
 from apax_nodes.reference_md import ReferenceMD
+from apax_nodes.report import Report
 from apax_nodes.select import Select
 from apax_nodes.split import Split
 from apax_nodes.train import Train
@@ -26,6 +27,7 @@ __all__ = [
     "LoadData",
     "MD",
     "ReferenceMD",
+    "Report",
     "Select",
     "Split",
     "Train",

@@ -12,33 +12,41 @@ import zntrack
 from apax_core.data import from_atoms
 from apax_core.evaluate import error_metrics
 from apax_core.plots import parity_png
-from apax_core.predict import predict
-from apax_core.uq import reliability_diagram, uncertainty_metrics
+from apax_core.predict import calculator_predictions, predict
+from apax_core.uq import reliability_diagram, uncalibrated, uncertainty_metrics
 
 
 class Evaluate(zntrack.Node):
     """Energy/force/stress MAE and RMSE (meV/atom, meV/A, meV/A^3) on ``data``; for ensembles
-    also NLL, miscalibration area and Spearman rho of the (calibrated) uncertainties."""
+    also NLL, miscalibration area, mean z^2 and Spearman rho of the calibrated uncertainties,
+    and the same of the uncalibrated ones (``uncal_`` prefix)."""
 
     model: zntrack.Node = zntrack.deps()
+    """Our model node, or any node with ``get_calculator()`` (evaluated through ASE)."""
     data: list[ase.Atoms] = zntrack.deps()
     metrics: dict = zntrack.metrics()
     force_parity: pd.DataFrame = zntrack.plots(x="reference", y="predicted", template="scatter")
     plots_dir: Path = zntrack.outs_path(zntrack.nwd / "plots")
 
     def run(self) -> None:
-        model = self.model.get_model()
-        structures = [from_atoms(a) for a in self.data]
+        frames = self.data
+        structures = [from_atoms(a) for a in frames]
         if not structures:
             raise ValueError(f"{self.name}: no structures to evaluate")
-        ensemble = model.config.n_members > 1
-        mode = "uncertainty" if ensemble else "forces"
-        preds = predict(model, structures, mode=mode, progress=True)
+        if hasattr(self.model, "get_model"):
+            model = self.model.get_model()
+            mode = "uncertainty" if model.config.n_members > 1 else "forces"
+            preds = predict(model, structures, mode=mode, progress=True)
+        else:  # a model of another package: its ASE calculator
+            model, preds = None, calculator_predictions(self.model.get_calculator(), frames)
         metrics = error_metrics(preds, structures)
         self.plots_dir.mkdir(parents=True, exist_ok=True)
-        if ensemble:
+        if "forces_uncertainty" in preds[0] and "energy_uncertainty" in preds[0]:
             metrics |= uncertainty_metrics(preds, structures)
             reliability_diagram(preds, structures, "forces", self.plots_dir / "reliability")
+        if model is not None and model.config.n_members > 1:  # also as trained
+            raw = uncertainty_metrics(uncalibrated(preds, model.calibration), structures)
+            metrics |= {f"uncal_{k}": v for k, v in raw.items()}
         self.metrics = {k: float(v) for k, v in metrics.items()}
         ref = np.concatenate([s.forces.ravel() for s in structures])
         pred = np.concatenate([p["forces"].ravel() for p in preds])

@@ -9,28 +9,24 @@ import ase
 import h5py
 import znh5md
 
-from apax_core.data import write_frames
-
-EMPTY = "apax_nodes_empty"
+from apax_core.data.io import write_empty_h5md, write_frames
 
 
 def write_h5(path: str | Path, frames: list[ase.Atoms]) -> None:
-    """H5MD file of ``frames``; an empty list gives a marked empty file (DVC needs the output)."""
+    """H5MD file of ``frames``; an empty list gives a valid H5MD file with zero frames (DVC
+    needs the output, and znh5md, ZnDraw or mlipx read it as an empty trajectory)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if frames:
         write_frames(path, frames)
-        return
-    tmp = path.with_suffix(".tmp.h5")
-    with h5py.File(tmp, "w") as fh:
-        fh.attrs[EMPTY] = True
-    tmp.replace(path)
+    else:
+        write_empty_h5md(path)
 
 
 def read_h5(node, path: str | Path) -> list[ase.Atoms]:
     """All frames of an H5MD output of ``node``, through its (possibly remote) filesystem."""
     with node.state.fs.open(Path(path).as_posix(), "rb") as raw, h5py.File(raw, "r") as fh:
-        if fh.attrs.get(EMPTY, False):
+        if "particles" not in fh:  # an empty output of an earlier version
             return []
         return znh5md.IO(file_handle=fh)[:]
 

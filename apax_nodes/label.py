@@ -8,10 +8,12 @@ import importlib
 import json
 import logging
 from pathlib import Path
+from typing import Protocol
 
 import ase
 import numpy as np
 import zntrack
+from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
 from tqdm import tqdm
 
@@ -57,6 +59,12 @@ class GenericLabeller:
         return getattr(importlib.import_module(module), name)(**self.kwargs)
 
 
+class Labeller(Protocol):
+    """Anything with IPSuite's ``get_calculator`` (our labellers, IPSuite or mlipx nodes)."""
+
+    def get_calculator(self, **kwargs) -> Calculator: ...
+
+
 def label(atoms: ase.Atoms, calc) -> ase.Atoms:
     """A copy of ``atoms`` carrying energy, forces and (for 3D-periodic cells) stress."""
     out = atoms.copy()
@@ -73,7 +81,7 @@ class Label(zntrack.Node):
     ``failures.json`` with its index and error, never silently dropped."""
 
     data: list[ase.Atoms] = zntrack.deps()
-    labeller: EMTLabeller | LJLabeller | GenericLabeller = zntrack.deps()
+    labeller: Labeller = zntrack.deps()
     frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
     failures_path: Path = zntrack.outs_path(zntrack.nwd / "failures.json")
     metrics: dict = zntrack.metrics()

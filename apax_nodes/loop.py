@@ -2,6 +2,7 @@
 
     iter i:  Train (warm start from iter i-1) -> Evaluate (test data)
                    -> MD (UDD, stop on uncertainty) -> Select -> Label -> Dataset (+1 file)
+    Report:  one row per iteration (``apax-nodes report`` prints it)
 
 Every knob is an argument; every config is validated here, when the graph is built, so a typo
 fails before any stage runs. Building again with more iterations adds stages; the existing ones
@@ -18,6 +19,7 @@ from apax_nodes.dataset import Dataset
 from apax_nodes.evaluate import Evaluate
 from apax_nodes.label import Label
 from apax_nodes.md import MD, md_config
+from apax_nodes.report import Report
 from apax_nodes.select import Select, selection_method
 from apax_nodes.train import Train, train_spec
 
@@ -34,6 +36,9 @@ class LoopSettings:
     """Training config of later iterations (warm start); default: ``train``."""
     md: dict = field(default_factory=dict)
     n_select: int = 8
+    val_fraction: float = 0.25
+    """Share of each iteration's labelled frames that joins the validation set, on which every
+    model is calibrated (the paper adds 20 training + 10 validation frames per iteration)."""
     select_method: dict = field(default_factory=lambda: {"kind": "max_distance"})
 
     def validate(self) -> None:
@@ -41,6 +46,8 @@ class LoopSettings:
             raise ValueError(f"n_iterations must be at least 1, got {self.n_iterations}")
         if self.n_select < 1:
             raise ValueError(f"n_select must be at least 1, got {self.n_select}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         for name, spec in (("train", self.train), ("warm_train", self.warm_train or self.train)):
             try:
                 train_spec(spec)
@@ -58,40 +65,56 @@ def build_loop(
     test_data: zntrack.Node,
     start_structures: zntrack.Node,
     labeller,
-    validation: str = "val_frames",
+    name: str | None = None,
 ) -> list[dict[str, zntrack.Node]]:
     """Add the loop's stages to ``project``; returns the nodes of every iteration.
 
+    ``name`` prefixes the stages (``cu_iter3_Train``), so several loops live in one project
+    with names that do not depend on the order they are built in; None: ``iter3_Train``.
+
     Nodes, not frames, are passed in: a ``frames`` connection exists only inside a graph
     context, so it is made here, inside each iteration's group. ``initial_data`` has labelled
-    ``frames`` and the validation frames as attribute ``validation`` (a Split); ``test_data``
-    and ``start_structures`` have ``frames``.
+    ``frames`` and ``val_frames`` (a Split); ``test_data`` and ``start_structures`` have
+    ``frames``. Each iteration's Dataset grows both sets; each Train validates (and calibrates
+    its ensemble) on the current validation set.
     """
     settings.validate()
+    if name is not None and (not name or "_" in name):
+        raise ValueError(f"loop name must be non-empty without '_', got {name!r}")
+    prefix = () if name is None else (name,)
     iterations, dataset, model = [], initial_data, None
     for i in range(settings.n_iterations + 1):
-        last = i == settings.n_iterations
-        with project.group(f"iter{i}"):
+        with project.group(*prefix, f"iter{i}"):
             config = settings.train if model is None else settings.warm_train or settings.train
-            val = getattr(initial_data, validation)
-            nodes = {
-                "train": Train(data=dataset.frames, validation_data=val, model=model, config=config)
-            }
-            nodes["evaluate"] = Evaluate(model=nodes["train"], data=test_data.frames)
-            if not last:
-                nodes["md"] = MD(
-                    model=nodes["train"], data=start_structures.frames, config=settings.md
-                )
-                nodes["select"] = Select(
-                    model=nodes["train"],
-                    pool=nodes["md"].frames,
-                    train_data=dataset.frames,
-                    n=settings.n_select,
-                    method=settings.select_method,
-                )
-                nodes["label"] = Label(data=nodes["select"].frames, labeller=labeller)
-                nodes["dataset"] = Dataset(previous=dataset, new=nodes["label"].frames)
+            train = Train(
+                data=dataset.frames, validation_data=dataset.val_frames, model=model, config=config
+            )
+            nodes = {"train": train, "evaluate": Evaluate(model=train, data=test_data.frames)}
+            if i < settings.n_iterations:
+                nodes |= _sampling(settings, i, train, dataset, start_structures, labeller)
                 dataset = nodes["dataset"]
-        model = nodes["train"]
+        model = train
         iterations.append(nodes)
+    with project.group(*prefix) if prefix else project:
+        Report(
+            **{
+                f"{key}s": [it[key] for it in iterations if key in it]
+                for key in ("train", "evaluate", "md", "select", "label")
+            }
+        )
     return iterations
+
+
+def _sampling(settings: LoopSettings, i: int, train, dataset, start_structures, labeller):
+    """MD with the iteration's model, selection, labelling and the grown dataset."""
+    md = MD(model=train, data=start_structures.frames, config=settings.md)
+    select = Select(
+        model=train,
+        pool=md.frames,
+        train_data=dataset.frames,
+        n=settings.n_select,
+        method=settings.select_method,
+    )
+    label = Label(data=select.frames, labeller=labeller)
+    grown = Dataset(previous=dataset, new=label.frames, val_fraction=settings.val_fraction, seed=i)
+    return {"md": md, "select": select, "label": label, "dataset": grown}

@@ -13,7 +13,8 @@ from apax_core.config import MDConfig
 from apax_core.md.checkpoint import CHECKPOINT
 from apax_core.md.io import trace
 from apax_nodes.frames import read_h5
-from apax_nodes.train import CHECKPOINTS
+from apax_nodes.model import require_apax_model
+from apax_nodes.train import checkpoint_dir
 
 TRAJECTORY = "md.h5"
 
@@ -36,12 +37,16 @@ class MD(zntrack.Node):
     status: dict = zntrack.metrics()
     temperature_trace: pd.DataFrame = zntrack.plots(x="time_fs", y="temperature")
 
+    def __post_init__(self):
+        super().__post_init__()
+        require_apax_model(self)
+
     def run(self) -> None:
         # Imported here: jax_md starts the XLA backend on import, and `zntrack run` forks (to
         # hash the stage) after importing the node module; a fork after that can deadlock.
         from apax_core.md.engine import run_md
 
-        work = CHECKPOINTS / self.name  # survives `dvc repro` deleting md_dir before a rerun
+        work = checkpoint_dir(self.name)  # survives `dvc repro` deleting md_dir before a rerun
         config = md_config(self.config)
         result = run_md(
             self.model.get_model(), self.data[self.index], config, work, traj_name=TRAJECTORY

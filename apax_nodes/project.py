@@ -2,8 +2,9 @@
 
 ZnTrack registers every stage's ``node-meta.json`` (run counts, times, dependency lockfiles) as
 a DVC metric, which floods ``dvc metrics show``. :func:`build` moves those files to the stages'
-cached outputs: ``dvc metrics show`` then lists the iteration metrics only, and ``zntrack``
-still reads node-meta through the DVC cache exactly as before.
+cached outputs, and in a loop project every per-stage metrics file too: ``dvc metrics show``
+then lists the loop reports, and ``zntrack`` still reads every file through the DVC cache
+exactly as before.
 """
 
 from __future__ import annotations
@@ -17,22 +18,32 @@ from apax_core.files import atomic_write
 
 
 def tidy_dvc_yaml(path: str | Path = "dvc.yaml") -> None:
+    """Move node-meta.json files from metrics to outs; in a project with a loop Report, every
+    other stage's metrics too, so that ``dvc metrics show`` lists the reports only."""
     path = Path(path)
     spec = yaml.safe_load(path.read_text())
-    for stage in spec.get("stages", {}).values():
+    stages = spec.get("stages", {})
+    has_report = any(name.endswith("Report") for name in stages)
+    for name, stage in stages.items():
         metrics = stage.get("metrics", [])
-        meta = [
+        moved = [
             m
             for m in metrics
-            if isinstance(m, dict) and any(str(k).endswith("node-meta.json") for k in m)
+            if _path_of(m).endswith("node-meta.json")
+            or (has_report and not name.endswith("Report"))
         ]
-        if not meta:
+        if not moved:
             continue
-        stage["metrics"] = [m for m in metrics if m not in meta]
+        stage["metrics"] = [m for m in metrics if m not in moved]
         if not stage["metrics"]:
             del stage["metrics"]
-        stage.setdefault("outs", []).extend(next(iter(m)) for m in meta)
+        stage.setdefault("outs", []).extend(_path_of(m) for m in moved)
     atomic_write(path, yaml.safe_dump(spec, sort_keys=False))
+
+
+def _path_of(entry) -> str:
+    """The file of a dvc.yaml output entry (a path, or {path: options})."""
+    return str(next(iter(entry))) if isinstance(entry, dict) else str(entry)
 
 
 def build(project: zntrack.Project) -> None:

@@ -13,7 +13,7 @@ from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from tqdm import tqdm
 
 from apax_nodes.frames import read_h5, write_h5
-from apax_nodes.label import EMTLabeller, GenericLabeller, LJLabeller, label
+from apax_nodes.label import Labeller, label
 
 
 class ReferenceMD(zntrack.Node):
@@ -21,7 +21,7 @@ class ReferenceMD(zntrack.Node):
     step is kept with its reference energy, forces and stress."""
 
     data: list[ase.Atoms] = zntrack.deps()
-    labeller: EMTLabeller | LJLabeller | GenericLabeller = zntrack.deps()
+    labeller: Labeller = zntrack.deps()
     index: int = zntrack.params(0)
     temperature: float = zntrack.params(600.0)
     timestep: float = zntrack.params(2.0)

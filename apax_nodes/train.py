@@ -12,11 +12,24 @@ import zntrack
 
 from apax_core.config import TrainConfig
 from apax_core.data import from_atoms
+from apax_core.files import atomic_write
 from apax_core.train.trainer import train
-from apax_nodes.model import ModelNode, local_model_dir
+from apax_nodes.model import ModelNode, local_model_dir, require_apax_model
 
 CHECKPOINTS = Path(".apax_checkpoints")
 """Resume state lives here, outside the stage outputs that ``dvc repro`` deletes before a rerun."""
+
+
+def checkpoint_dir(name: str) -> Path:
+    """The resume directory of stage ``name``; the repository's .gitignore lists the parent, so
+    ``git add -A`` never commits a leftover checkpoint."""
+    gitignore, line = Path(".gitignore"), f"{CHECKPOINTS.as_posix()}/"
+    text = gitignore.read_text() if gitignore.is_file() else ""
+    if line not in text.splitlines():
+        atomic_write(
+            gitignore, text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"
+        )
+    return CHECKPOINTS / name
 
 
 def train_spec(config: dict) -> TrainConfig:
@@ -40,9 +53,13 @@ class Train(zntrack.Node, ModelNode):
     metrics: dict = zntrack.metrics()
     learning_curve: pd.DataFrame = zntrack.plots(x="epoch", y=["train_loss", "val_loss"])
 
+    def __post_init__(self):
+        super().__post_init__()
+        require_apax_model(self)
+
     def run(self) -> None:
         train_frames, val_frames = self.data, self.validation_data
-        checkpoints = CHECKPOINTS / self.name
+        checkpoints = checkpoint_dir(self.name)
         train(
             train_spec(self.config),
             self.model_dir,
@@ -52,8 +69,9 @@ class Train(zntrack.Node, ModelNode):
             checkpoint_dir=checkpoints,
             progress_bar=False,
         )
-        shutil.rmtree(checkpoints, ignore_errors=True)
         best = json.loads((self.model_dir / "metrics.json").read_text())
-        self.metrics = {**best, "n_train": len(train_frames)}
+        n_val = {} if val_frames is None else {"n_val": len(val_frames)}
+        self.metrics = {**best, "n_train": len(train_frames), **n_val}
         log = pd.read_csv(self.model_dir / "log.csv")
         self.learning_curve = log[["epoch", "train_loss", "val_loss"]]
+        shutil.rmtree(checkpoints, ignore_errors=True)  # only once every output is complete

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 
 import numpy as np
 import pytest
@@ -166,9 +167,17 @@ def test_ensembles_train_and_calibrate(ensemble, loss, data_files, tmp_path):
         kernels = model.params["readout"]["dense_1"]["kernel"]
         assert kernels.shape[0] == 3 and not np.allclose(kernels[0], kernels[1])
     val = [from_atoms(a) for a in read_frames(data_files["val"])]
-    preds = predict(model, val, mode="uncertainty")
+    # Training ends by calibrating on the validation set: the NLL-optimal factors make the
+    # mean squared z-score there exactly 1, and they are stored with the model.
+    stored = Calibration.load(directory)
+    assert stored == model.calibration and not stored.is_identity
+    metrics = uncertainty_metrics(predict(model, val, mode="uncertainty"), val)
+    assert metrics["mean_z2_forces"] == pytest.approx(1.0, rel=1e-4)
+    assert metrics["mean_z2_energy"] == pytest.approx(1.0, rel=1e-4)
+    raw = dataclasses.replace(model, calibration=Calibration())
+    preds = predict(raw, val, mode="uncertainty")
     cal = fit_calibration(preds, val)
-    assert cal.forces > 0 and np.isfinite(cal.energy)
+    assert cal.forces == pytest.approx(stored.forces, rel=1e-5)
     cal.save(directory)
     calibrated = predict(load_model(directory), val, mode="uncertainty")
     np.testing.assert_allclose(
@@ -181,7 +190,6 @@ def test_ensembles_train_and_calibrate(ensemble, loss, data_files, tmp_path):
 
 
 def test_calculator_applies_the_calibration_stored_with_the_model(cells):
-    import dataclasses
 
     from ase.build import bulk
 

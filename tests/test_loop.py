@@ -3,10 +3,12 @@ remote, warm start across repositories, appending iterations, calculators in ASE
 
 from __future__ import annotations
 
+import json
 import re
 
 import numpy as np
 import pytest
+import yaml
 import zntrack
 from ase.md.verlet import VelocityVerlet
 from conftest import TINY
@@ -14,6 +16,7 @@ from test_nodes import TRAIN, commit, init_repo, inside, repro, sh
 
 import apax_nodes as an
 from apax_nodes.loop import LoopSettings, build_loop
+from apax_nodes.model import local_model_dir
 from apax_nodes.project import build
 
 SHALLOW = {
@@ -30,6 +33,9 @@ MD = {
     "sampling_rate": 10,
     "skin": 0.4,
     "udd": {"height": 0.2, "width": 1.0},
+    # A threshold nothing stays below: MD stops at its first kept frame, so every iteration
+    # selects from a pool shorter than n_select (the loop must not crash on that).
+    "checks": [{"kind": "forces_uncertainty", "threshold": 1e-9}],
 }
 
 
@@ -80,11 +86,24 @@ def test_loop_runs_and_warm_starts(loop_repo):
         first, second = zntrack.from_rev("iter0_Train"), zntrack.from_rev("iter1_Train")
         a, b = first.get_model(), second.get_model()
         status = zntrack.from_rev("iter0_MD").status
-        n_selected = len(zntrack.from_rev("iter0_Select").selected_ids)
+        select = zntrack.from_rev("iter0_Select")
+        picked, select_metrics = select.selected_ids, select.metrics  # read lazily, from here
         n_data = len(zntrack.from_rev("iter0_Dataset").frames)
     key = ("representation", "radial_coeffs")
     assert np.array_equal(a.params[key[0]][key[1]], b.params[key[0]][key[1]])  # warm, frozen
-    assert status["n_frames"] >= 3 and n_selected == 3 and n_data == 4 + 3
+    assert status["stopped"] and status["reason"] == "forces_uncertainty"
+    assert status["n_frames"] == 1  # the frame that fired is kept
+    assert picked == [0] and select_metrics["shortfall"] == 2
+    assert n_data == 4 + 1
+    assert not list(root.glob("nodes/**/md_checkpoint.npz"))  # resume state stays out of outs
+    table = sh("apax-nodes", "report", cwd=root).splitlines()
+    assert table[0] == "Report:" and "F MAE meV/A" in table[1]
+    assert [line.split()[0] for line in table[2:4]] == ["0", "1"]  # one row per iteration
+    assert "stopped (forces_uncertainty)" in table[2]
+    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=root))
+    assert {f for rev in shown.values() for f in rev["data"]} == {"nodes/Report/metrics.json"}
+    assert (root / "nodes/Report/plots/progress.png").is_file()
+    assert ".apax_checkpoints/" in (root / ".gitignore").read_text().splitlines()
 
 
 def test_from_rev_through_a_dvc_remote_gives_a_working_calculator(loop_repo, tmp_path):
@@ -101,6 +120,9 @@ def test_from_rev_through_a_dvc_remote_gives_a_working_calculator(loop_repo, tmp
     with inside(elsewhere):  # not a repository: everything comes through git + the DVC remote
         node = zntrack.from_rev("iter1_Train", remote=str(clone), rev=sha)
         calc = node.get_calculator()
+        fetched = local_model_dir(node)
+        assert local_model_dir(node) == fetched and fetched.name == "model"  # fetched once
+        assert not fetched.is_relative_to(elsewhere)  # a temporary copy, removed at exit
     atoms = atoms.copy()
     atoms.calc = calc
     assert atoms.get_potential_energy() == pytest.approx(expected, abs=1e-6)
@@ -149,4 +171,33 @@ def test_appending_an_iteration_runs_only_the_new_stages(loop_repo):
         "iter1_Dataset",
         "iter2_Train",
         "iter2_Evaluate",
+        "Report",
     }
+
+
+def test_named_loops_keep_their_stage_names_in_any_build_order(tmp_path):
+    def names(order):
+        root = init_repo(tmp_path / "-".join(order))
+        with inside(root):
+            project = zntrack.Project()
+            with project.group("data"):
+                crystal = an.BuildBulk(element="Cu", repeat=[3, 3, 3], vacancies=1)
+                split = an.Split(data=crystal.frames, fractions=[0.67, 0.33, 0.0])
+            settings = LoopSettings(n_iterations=1, train=SHALLOW, md=MD, n_select=2)
+            for name in order:
+                build_loop(
+                    project,
+                    settings,
+                    initial_data=split,
+                    test_data=split,
+                    start_structures=crystal,
+                    labeller=an.EMTLabeller(),
+                    name=name,
+                )
+            build(project)
+        return set(yaml.safe_load((root / "dvc.yaml").read_text())["stages"])
+
+    forward, backward = names(["cu", "ag"]), names(["ag", "cu"])
+    assert forward == backward
+    assert {"cu_iter0_Train", "ag_iter1_Evaluate", "cu_iter0_Select"} <= forward
+    assert not any(n.endswith("_1") for n in forward)

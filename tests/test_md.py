@@ -32,9 +32,9 @@ from apax_core.config.md import (
 from apax_core.data import DataError
 from apax_core.md import engine as md_engine
 from apax_core.md import read_trajectory, run_md
-from apax_core.md.checks import reason_code, reasons
+from apax_core.md.checks import reason_code, reasons, validate
 from apax_core.md.energy import dynamics_energy
-from apax_core.md.integrators import integrator
+from apax_core.md.integrators import integrator, kinetic_temperature
 from apax_core.md.neighbours import allocate, make_space, neighbour_fns
 from apax_core.md.schedules import temperature_fn
 from apax_core.precision import x64
@@ -139,8 +139,50 @@ def test_nose_hoover_temperature(cuag_model, tmp_path):
     temps = np.array([f.info["temperature"] for f in frames])
     equilibrated = temps[len(temps) // 3 :]  # the last 2 ps
     assert abs(equilibrated.mean() - 300.0) < 0.05 * 300.0
-    # ASE's kinetic temperature of the stored momenta agrees with the engine's.
-    assert abs(frames[-1].get_temperature() - temps[-1]) < 1e-6 * temps[-1]
+    # ASE's kinetic temperature (3N degrees of freedom) of the stored momenta, rescaled to the
+    # 3N - 3 of momentum-conserving dynamics (the total momentum stays zero), is the engine's.
+    n = 3 * len(frames[-1])
+    assert abs(frames[-1].get_temperature() * n / (n - 3) - temps[-1]) < 1e-6 * temps[-1]
+
+
+def test_nose_hoover_small_cell_runs_at_the_target_temperature():
+    """8 atoms: the centre of mass does not move, so 3N - 3 = 21 degrees of freedom carry the
+    heat. A chain coupled to 3N = 24 (jax-md's count) runs 24/21 = 14 % hot."""
+    n_atoms, target, n_steps = 8, 300.0, 100_000
+    with x64():
+        disp, shift = space.free()
+        grid = np.stack(np.meshgrid(*[[0.0, 2.5]] * 3), -1).reshape(-1, 3)  # a cube of 8 atoms
+        start = jnp.asarray(grid + np.random.default_rng(0).normal(scale=0.05, size=(8, 3)))
+        pair = jax.vmap(jax.vmap(disp, (None, 0)), (0, None))
+        i, j = np.triu_indices(n_atoms, 1)
+
+        def energy(R, **unused):  # Lennard-Jones, eps 0.4 eV, sigma 2.2 A: a bound cluster
+            r2 = jnp.sum(pair(R, R)[i, j] ** 2, axis=-1)
+            s6 = (2.2**2 / r2) ** 3
+            return jnp.sum(4 * 0.4 * (s6**2 - s6))
+
+        kT = units.kB * target
+        dynamics = NVTNoseHoover(thermostat=ThermostatChain(chain_length=3, tau=100))
+        integ = integrator(dynamics, energy, shift, 2.0, kT)
+        mass = jnp.full(n_atoms, 63.5)
+        state = md_engine._to_f64(integ.init(jax.random.PRNGKey(1), start, kT, mass))
+
+        def body(k, carry):
+            state, total, reported = carry
+            state = integ.step(state, kT)
+            p = state.momentum
+            internal = jnp.sum(p**2) / 63.5 - jnp.sum(jnp.sum(p, 0) ** 2) / (63.5 * n_atoms)
+            keep = k >= n_steps // 5
+            t = kinetic_temperature(p, state.mass, integ.conserves_momentum)
+            return state, total + keep * internal, reported + keep * t
+
+        zero = jnp.zeros(())
+        state, total, reported = jax.lax.fori_loop(0, n_steps, body, (state, zero, zero))
+    samples = n_steps - n_steps // 5
+    true_t = float(total) / samples / ((3 * n_atoms - 3) * units.kB)
+    assert abs(true_t - target) < 0.03 * target
+    assert abs(float(reported) / samples - true_t) < 1e-6 * true_t  # reported = true
+    assert np.abs(np.asarray(state.momentum).sum(0)).max() < 1e-8  # momentum conserved
 
 
 def harmonic_run(dynamics, n_steps=40):
@@ -415,6 +457,7 @@ def test_cli_template_and_md(cuag_model, tmp_path, capsys):
         (tmp_path / "md.yaml").write_text(capsys.readouterr().out)
         spec, run = load_job(tmp_path / "md.yaml", MDConfig, MDRun)
         assert isinstance(spec, MDConfig) and run.structure.name == "start.extxyz"
+        validate(spec.checks, 1, spec.force_uncertainty)  # a single model (train template) runs it
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     save_config(model_dir, TrainConfig(n_epochs=1, model=cuag_model.config))
@@ -440,7 +483,7 @@ def test_cli_template_and_md(cuag_model, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["n_frames"] == 2
     assert len(read_trajectory(tmp_path / "run" / "md.h5")) == 2
     (tmp_path / "bad.yaml").write_text("duration: 10\nthermostat_chain: {}\n")
-    assert main(["md", str(model_dir), str(tmp_path / "bad.yaml"), "--structure", "x"]) == 1
+    assert main(["md", str(model_dir), str(tmp_path / "bad.yaml"), "--structure", "x"]) == 2
     assert "thermostat_chain" in capsys.readouterr().err
 
 

@@ -187,3 +187,64 @@ def test_killed_dvc_repro_resumes_train_from_its_checkpoint(tmp_path):
     for old, new in zip(before, rows, strict=False):
         assert float(new["epoch_s"]) == pytest.approx(old["epoch_s"])
     assert not checkpoint.parent.exists()  # cleaned up after success
+
+
+def test_an_empty_output_is_a_valid_zero_frame_h5md_file(tmp_path):
+    """Split with a 0.0 fraction, Select from an empty pool: readers of H5MD (znh5md, IPSuite,
+    mlipx, ZnDraw) see an empty trajectory, not a file they crash on."""
+    import znh5md
+    from ase.build import bulk
+
+    from apax_nodes.frames import write_h5
+
+    write_h5(tmp_path / "empty.h5", [])
+    io = znh5md.IO(tmp_path / "empty.h5")
+    assert len(io) == 0 and list(io[:]) == []
+    io.extend([bulk("Cu", cubic=True)])  # and it is a trajectory one can append to
+    assert len(znh5md.IO(tmp_path / "empty.h5")) == 1
+
+
+FOREIGN = '''
+import zntrack
+
+
+class EMTModel(zntrack.Node):
+    """A model node of another package: it offers get_calculator and nothing else."""
+
+    def run(self):
+        pass
+
+    def get_calculator(self, **kwargs):
+        from ase.calculators.emt import EMT
+
+        return EMT()
+'''
+
+
+def test_evaluate_and_select_take_a_model_of_another_package(tmp_path, monkeypatch):
+    root = init_repo(tmp_path / "p")
+    (root / "foreign_models.py").write_text(FOREIGN)
+    monkeypatch.syspath_prepend(str(root))
+    import foreign_models
+
+    with inside(root):
+        project = zntrack.Project()
+        with project:
+            crystal = an.BuildBulk(element="Cu", repeat=[2, 2, 2], vacancies=1)
+            boot = an.Bootstrap(data=crystal.frames, n=3, rattle=0.08)
+            labelled = an.Label(data=boot.frames, labeller=foreign_models.EMTModel())
+            emt = foreign_models.EMTModel(name="EMT")
+            an.Evaluate(model=emt, data=labelled.frames)
+            random = {"kind": "random", "seed": 0}
+            an.Select(model=emt, pool=labelled.frames, train_data=[], n=2, method=random)
+        build(project)
+        repro(root)
+        metrics = zntrack.from_rev("Evaluate").metrics
+        assert len(zntrack.from_rev("Select").selected_ids) == 2
+        # Where our engine is needed, the graph refuses the model when it is built.
+        other = zntrack.Project()
+        with other, pytest.raises(TypeError, match="MD.model: needs an apax model"):
+            an.MD(model=foreign_models.EMTModel(), data=[], config={"duration": 4})
+        with other, pytest.raises(TypeError, match="Select.model: needs an apax model"):
+            an.Select(model=foreign_models.EMTModel(), pool=[], train_data=[], n=1)
+    assert metrics["forces_mae"] < 1e-9 and metrics["energy_mae"] < 1e-9  # EMT against EMT

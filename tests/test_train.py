@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import signal
@@ -174,6 +175,23 @@ def test_warm_start_rejects_unknown_element_and_changed_architecture(
         config.run()
 
 
+def test_validation_elements_the_training_set_lacks_are_rejected(data_files, tmp_path):
+    """An element only in the validation data would get shift 0 and never be trained."""
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+
+    frames = emt_frames(2, seed=5)
+    alloy = bulk("Cu", "fcc", a=3.7, cubic=True)
+    alloy.numbers[1] = 47  # Ag
+    alloy.calc = EMT()
+    alloy.get_forces()
+    write_frames(tmp_path / "val.extxyz", [*frames, alloy])
+    job = tiny_config(tmp_path / "m", {**data_files, "val": tmp_path / "val.extxyz"})
+    with pytest.raises(DataError, match=r"val.extxyz.*Ag \(first in structure 2\)"):
+        job.run()
+    assert not (tmp_path / "m").exists()
+
+
 def test_missing_labels_are_reported_before_training(data_files, tmp_path):
     frames = emt_frames(3, seed=4)
     frames[2].calc = None
@@ -280,3 +298,44 @@ def test_checkpoint_of_a_different_run_is_not_resumed(data_files, tmp_path):
     # And the unchanged config resumes: nothing left to do, the log is kept as it is.
     tiny_config(tmp_path / "m", data_files, n_epochs=2, seed=7).run()
     assert read_log(tmp_path / "m") == again
+
+
+def test_resume_after_the_outputs_were_deleted_equals_the_uninterrupted_run(
+    data_files, tmp_path, monkeypatch
+):
+    """``dvc repro`` deletes a stage's outputs before it reruns it; the checkpoint lives
+    elsewhere. A run killed at any epoch (after its best one too) and resumed ends with the
+    best parameters, metrics and log of an uninterrupted run; so does a finished one."""
+    from apax_core.train import trainer
+
+    n_epochs = 6
+    reference = tiny_config(tmp_path / "reference", data_files, n_epochs=n_epochs).run()
+    job, checkpoints = (
+        tiny_config(tmp_path / "killed", data_files, n_epochs=n_epochs),
+        tmp_path / "c",
+    )
+    save, calls = trainer.save_checkpoint, []
+
+    def killed_after_four_epochs(*args, **kwargs):
+        save(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(trainer, "save_checkpoint", killed_after_four_epochs)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train_run(job.spec, job.run_args, checkpoint_dir=checkpoints)
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    for _ in range(2):  # resumed mid-run, then once more with nothing left to train
+        shutil.rmtree(job.directory)
+        trainer.train_run(job.spec, job.run_args, checkpoint_dir=checkpoints)
+        best = json.loads((job.directory / "metrics.json").read_text())
+        expected = json.loads((reference / "metrics.json").read_text())
+        assert best == pytest.approx(expected, rel=1e-6)
+        assert [int(r["epoch"]) for r in read_log(job.directory)] == list(range(1, n_epochs + 1))
+        params = [
+            serialization.msgpack_restore((d / "params.msgpack").read_bytes())
+            for d in (job.directory, reference)
+        ]
+        diffs = jax.tree.map(lambda a, b: np.abs(a - b).max(), *params)
+        assert max(jax.tree.leaves(diffs)) < 1e-6

@@ -270,6 +270,9 @@ class TrainConfig(Strict):
     """Stop after this many epochs without a better validation loss (None: never)."""
     warm_start: WarmStart | None = None
     """Settings of a warm start; used when the run is given a base model (default: WarmStart())."""
+    calibrate: bool = True
+    """Ensembles: after training, fit the NLL calibration of the spreads on the validation
+    structures and store it with the model (every consumer then reports calibrated spreads)."""
 
     @model_validator(mode="after")
     def _probabilistic_needs_ensemble(self) -> TrainConfig:

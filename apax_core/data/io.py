@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ase
 import ase.io
+import numpy as np
 from ase.io.formats import UnknownFileTypeError, filetype, ioformats
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ def read_frames(path: str | os.PathLike) -> list[ase.Atoms]:
         raise DataError(f"{path}: cannot read ({type(err).__name__}: {err})") from err
     if not frames:
         raise DataError(f"{path}: contains no structures")
+    bad = [k for k, a in enumerate(frames) if not np.all(np.isfinite(a.positions))]
+    if bad:
+        raise DataError(f"{path}: structure {bad[0]} has non-finite positions ({len(bad)} in all)")
     logger.info("read %d structures from %s", len(frames), path)
     return frames
 
@@ -94,3 +98,26 @@ def write_frames(path: str | os.PathLike, frames: Sequence[ase.Atoms]) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     logger.info("wrote %d structures to %s", len(frames), path)
+
+
+def write_empty_h5md(path: str | os.PathLike) -> None:
+    """A valid H5MD file with zero frames, whole (temp + rename): znh5md and H5MD readers see
+    an empty trajectory, and znh5md can extend it. Made by writing one placeholder frame and
+    cutting every per-frame dataset to length 0."""
+    import h5py
+    import znh5md
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        znh5md.IO(tmp).extend([ase.Atoms("H", positions=[[0.0, 0.0, 0.0]])])
+
+        def cut(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.ndim >= 1 and obj.maxshape[0] is None:
+                obj.resize(0, axis=0)
+
+        with h5py.File(tmp, "a") as fh:
+            fh.visititems(cut)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -66,6 +66,8 @@ class Structure:
             if isinstance(value, np.ndarray):
                 value = _frozen(value.copy())  # own the data: callers keep theirs writable
             object.__setattr__(self, name, value)
+        if not (_finite(self.positions) and _finite(self.cell)):
+            raise DataError("non-finite positions or cell")
         for axis in np.flatnonzero(self.pbc):
             if not np.any(self.cell[axis]):
                 raise DataError(f"periodic along axis {axis} but cell vector {axis} is zero")

@@ -25,7 +25,6 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ase import units
 from flax import serialization
 from tqdm.auto import tqdm
 
@@ -34,7 +33,7 @@ from apax_core.data import species_index
 from apax_core.md import checkpoint as ckpt
 from apax_core.md import checks as stop
 from apax_core.md.energy import dynamics_energy, structure
-from apax_core.md.integrators import integrator, kT_of
+from apax_core.md.integrators import integrator, kinetic_temperature, kT_of
 from apax_core.md.io import (
     append_frames,
     frames_to_atoms,
@@ -92,11 +91,6 @@ def transforms_of(config: MDConfig) -> tuple[Transform, ...]:
     return () if config.udd is None else (UDD(config.udd.height, config.udd.width),)
 
 
-def kinetic_temperature(momentum, mass):
-    """2 KE / (3 N k_B) in K (jax-md's and ASE's degrees of freedom: 3N)."""
-    return jnp.sum(momentum**2 / mass) / (momentum.size * units.kB)
-
-
 def _to_f64(tree):
     """Floating leaves as float64, so the loop carry keeps one dtype (jax-md's chain masses start
     as float32 and come back float64 once kT is a traced float64)."""
@@ -135,9 +129,8 @@ def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: boo
     T_of = temperature_fn(config.temperature)
     integ = integrator(config.dynamics, energy, shift, config.dt, kT_of(float(T_of(0.0))))
     mode = "uncertainty" if config.force_uncertainty else "forces"
-    record = _recorder(
-        predictor(model, mode, stress=periodic, transforms=transforms), config, Z, box
-    )
+    predict = predictor(model, mode, stress=periodic, transforms=transforms)
+    record = _recorder(predict, config, Z, box, integ.conserves_momentum)
     chunk = _chunker(record, _advancer(integ, T_of, record, config, len(atoms)), config)
 
     def init(params, key, R, momenta, nbrs):
@@ -157,7 +150,7 @@ def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: boo
     )
 
 
-def _recorder(predict, config: MDConfig, Z, box) -> Callable:
+def _recorder(predict, config: MDConfig, Z, box, conserves_momentum: bool) -> Callable:
     """(params, state, nbrs, step) -> one kept frame: the full prediction (member forces are
     dropped unless stored), positions, momenta, kinetic temperature and step."""
     drop = {"stress_ensemble"} | ({"forces_ensemble"} - _kept(config))
@@ -169,7 +162,7 @@ def _recorder(predict, config: MDConfig, Z, box) -> Callable:
             **out,
             "positions": s.positions,
             "momenta": state.momentum,
-            "temperature": kinetic_temperature(state.momentum, state.mass),
+            "temperature": kinetic_temperature(state.momentum, state.mass, conserves_momentum),
             "step": step,
         }
 

@@ -12,7 +12,13 @@ import numpy as np
 from apax_core.config import MaxDistance, MaxUncertainty, RandomSelection, SelectionMethod
 from apax_core.data import DataError, Structure, species_index
 from apax_core.model_dir import Model
-from apax_core.select.baselines import random_selection, spaced_top_k, uncertainties
+from apax_core.predict import calculator_predictions
+from apax_core.select.baselines import (
+    random_selection,
+    spaced_top_k,
+    uncertainties,
+    uncertainty_scores,
+)
 from apax_core.select.diagnostics import write_distance_curve, write_pca
 from apax_core.select.features import compute_features
 from apax_core.select.maxdist import max_distance_selection, n_before_threshold
@@ -60,13 +66,9 @@ class Selection:
 
 
 def check_request(model: Model, train: Sequence[Structure], pool: Sequence[Structure], n: int):
-    """Fail before any evaluation on an empty pool, a bad ``n`` or an element the model lacks."""
-    if len(pool) == 0:
-        raise ValueError("the pool is empty: there is nothing to select from")
+    """Fail before any evaluation on a bad ``n`` or an element the model lacks."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
-    if n > len(pool):
-        raise ValueError(f"cannot select n={n} structures from a pool of {len(pool)}")
     for name, structures in (("pool", pool), ("training set", train)):
         empty = [k for k, s in enumerate(structures) if s.n_atoms == 0]
         if empty:
@@ -86,7 +88,8 @@ def select(
     progress: bool = False,
 ) -> Selection:
     """Select up to ``n`` pool structures with ``config`` (default: max distance in the
-    last-layer-gradient feature space, eq. 11-12).
+    last-layer-gradient feature space, eq. 11-12). A pool shorter than ``n`` gives all its
+    structures (ranked); an empty pool gives none.
 
     ``train`` matters to max_distance only (distances are seeded from it); the other methods
     just check its elements. ``rank_all`` (max_distance) also ranks the whole pool, for the
@@ -94,6 +97,13 @@ def select(
     """
     config = MaxDistance() if config is None else config
     check_request(model, train, pool, n)
+    if n > len(pool):
+        logger.warning(
+            "asked for %d structures, the pool has %d: selecting %d", n, len(pool), len(pool)
+        )
+        n = len(pool)
+    if n == 0:  # e.g. MD that stopped before its first frame
+        return Selection(np.zeros(0, np.int64), np.zeros(0), config)
     if isinstance(config, RandomSelection):
         indices = random_selection(len(pool), n, config.seed)
         return Selection(indices, np.full(len(indices), np.nan), config)
@@ -106,6 +116,21 @@ def select(
     if isinstance(config, MaxDistance):
         return _max_distance(model, train, pool, n, config, batch_size, rank_all, progress)
     raise TypeError(f"unknown selection method {config!r}")
+
+
+def select_with_calculator(calc, pool: Sequence, n: int, config: SelectionMethod) -> Selection:
+    """Random or max-uncertainty selection of ``pool`` frames (ase.Atoms) with the ASE
+    calculator of a model of another package (its ``<quantity>_uncertainty`` results); max
+    distance needs our model's features."""
+    if isinstance(config, MaxDistance):
+        raise TypeError("max_distance selection needs an apax model (last-layer features)")
+    n = min(n, len(pool))
+    if isinstance(config, RandomSelection) or n == 0:
+        indices = random_selection(len(pool), n, getattr(config, "seed", 0))
+        return Selection(indices, np.full(len(indices), np.nan), config)
+    scores = uncertainty_scores(calculator_predictions(calc, pool), config.quantity)
+    indices = spaced_top_k(scores, n, config.min_spacing)
+    return Selection(indices, scores[indices], config)
 
 
 def _max_distance(model, train, pool, n, config: MaxDistance, batch_size, rank_all, progress):

@@ -76,6 +76,15 @@ def uncertainties(
         progress=progress,
         desc=f"{quantity} uncertainty",
     )
+    return uncertainty_scores(preds, quantity)
+
+
+def uncertainty_scores(preds: Sequence[dict], quantity: Quantity) -> np.ndarray:
+    """The per-structure score of :func:`uncertainties` from prediction dicts (any source)."""
+    key = f"{quantity}_uncertainty"
+    missing = [k for k, p in enumerate(preds) if key not in p]
+    if missing:
+        raise ValueError(f"no {key} in the predictions (structure {missing[0]}): not an ensemble")
     if quantity == "energy":
-        return np.array([float(p["energy_uncertainty"]) for p in preds])
-    return np.array([np.max(np.linalg.norm(p["forces_uncertainty"], axis=-1)) for p in preds])
+        return np.array([float(p[key]) for p in preds])
+    return np.array([np.max(np.linalg.norm(p[key], axis=-1)) for p in preds])

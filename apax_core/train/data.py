@@ -134,7 +134,7 @@ def load_training_data(
     if config.warm_start is not None and base is None:
         raise DataError("warm_start is set but the run has no base model to start from")
     base = None if base is None else base_model(base, config)
-    elements = model_elements(config, train + val, base)
+    elements = model_elements(config, train, base)  # validation may not add elements
     species_index(train, elements, train_name)
     species_index(val, elements, val_name)
     if not train or not val:

@@ -21,6 +21,9 @@ class TrainState:
     params: Any
     opt_state: Any
     ema: Any
+    best: Any
+    """The saved (validated) parameters of the best epoch so far: a resumed run can restore
+    the model directory's outputs from the checkpoint alone."""
     epoch: int = struct.field(pytree_node=False, default=0)
     """Epochs completed."""
     best_loss: float = struct.field(pytree_node=False, default=float("inf"))
@@ -33,7 +36,12 @@ def save_checkpoint(directory: Path, state: TrainState, run_id: str) -> None:
     payload = {
         "run_id": run_id,
         "arrays": serialization.to_state_dict(
-            {"params": state.params, "opt_state": state.opt_state, "ema": state.ema}
+            {
+                "params": state.params,
+                "opt_state": state.opt_state,
+                "ema": state.ema,
+                "best": state.best,
+            }
         ),
         "epoch": state.epoch,
         "best_loss": state.best_loss,
@@ -54,7 +62,12 @@ def load_checkpoint(directory: Path, template: TrainState, run_id: str) -> Train
         log.warning("%s belongs to a different config or data set; starting afresh", path)
         return None
     arrays = serialization.from_state_dict(
-        {"params": template.params, "opt_state": template.opt_state, "ema": template.ema},
+        {
+            "params": template.params,
+            "opt_state": template.opt_state,
+            "ema": template.ema,
+            "best": template.best,
+        },
         payload["arrays"],
     )
     return template.replace(

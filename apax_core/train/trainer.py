@@ -26,7 +26,7 @@ from apax_core.config import FullEnsemble, TrainConfig, TrainRun, WarmStart
 from apax_core.data import Dataset, prefetch
 from apax_core.files import atomic_write
 from apax_core.model import init_params
-from apax_core.model_dir import Model, save_config, save_params, save_stats
+from apax_core.model_dir import Model, load_model, save_config, save_params, save_stats
 from apax_core.precision import with_x64
 from apax_core.predictor import predictor
 from apax_core.train.data import Source, TrainingData, load_training_data
@@ -35,7 +35,8 @@ from apax_core.train.metrics import accumulate, error_sums, finalize
 from apax_core.train.optim import lr_schedule, make_optimizer
 from apax_core.train.state import TrainState, load_checkpoint, save_checkpoint
 from apax_core.train.warm_start import warm_start_params
-from apax_core.transforms import batched
+from apax_core.transforms import CALIBRATION, batched
+from apax_core.uq import calibrate_model
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +139,13 @@ def train(
     setup, state = _setup(config, data)
     run_id = run_identity(config, data)
     resumed = load_checkpoint(checkpoint_dir, state, run_id)
+    save_config(directory, config)
+    save_stats(directory, data.stats)
+    (directory / CALIBRATION).unlink(missing_ok=True)  # fitted anew for these parameters
     if resumed is not None:
         log.info("resuming %s after epoch %d", directory, resumed.epoch)
         state = resumed
-    save_config(directory, config)
-    save_stats(directory, data.stats)
+        _restore_outputs(directory, state)
     bar = tqdm(
         range(state.epoch, config.n_epochs),
         desc="train",
@@ -157,8 +160,9 @@ def train(
             break
         state, row = _epoch(setup, state, epoch)
         if row["val_loss"] < state.best_loss:
-            save_params(directory, _eval_params(config, state))
-            state = state.replace(best_loss=row["val_loss"], best_epoch=epoch)
+            best = _eval_params(config, state)
+            state = state.replace(best=best, best_loss=row["val_loss"], best_epoch=epoch)
+            save_params(directory, best)
             _write_best_metrics(directory, row)
         save_checkpoint(checkpoint_dir, state, run_id)
         write_log(directory, state.log)
@@ -168,7 +172,19 @@ def train(
         )
     if not (directory / "params.msgpack").is_file():  # zero epochs run: keep the start point
         save_params(directory, _eval_params(config, state))
+    if config.calibrate and config.model.n_members > 1:
+        _calibrate(directory, data.val)
     return directory
+
+
+def _calibrate(directory: Path, val: list) -> None:
+    """Fit and store the model's calibration on the validation structures; its factors join
+    the best-epoch metrics."""
+    cal = calibrate_model(load_model(directory), val).calibration
+    cal.save(directory)
+    metrics = json.loads((directory / "metrics.json").read_text())
+    metrics |= {"calibration_energy": cal.energy, "calibration_forces": cal.forces}
+    atomic_write(directory / "metrics.json", json.dumps(metrics, indent=2))
 
 
 def train_run(config: TrainConfig, run: TrainRun, **kwargs) -> Path:
@@ -182,6 +198,15 @@ def train_run(config: TrainConfig, run: TrainRun, **kwargs) -> Path:
         progress_bar=run.progress_bar,
         **kwargs,
     )
+
+
+def _restore_outputs(directory: Path, state: TrainState) -> None:
+    """Rewrite the model directory's outputs of a resumed run from its checkpoint: a workflow
+    may have deleted them (``dvc repro`` does) after the best epoch was reached."""
+    write_log(directory, state.log)
+    if state.best_epoch >= 0:
+        save_params(directory, state.best)
+        _write_best_metrics(directory, state.log[state.best_epoch])
 
 
 def _eval_params(config: TrainConfig, state: TrainState):
@@ -206,7 +231,7 @@ def _setup(config: TrainConfig, data: TrainingData) -> tuple[Setup, TrainState]:
     labels = tuple(sorted({t.quantity for t in config.loss} | set(config.data.labels)))
     train_step, eval_step = make_steps(model, config, tx, labels)
     setup = Setup(config, train_ds, val_ds, train_step, eval_step, schedule, steps)
-    return setup, TrainState(params=params, opt_state=tx.init(params), ema=params)
+    return setup, TrainState(params=params, opt_state=tx.init(params), ema=params, best=params)
 
 
 def _epoch(setup: Setup, state: TrainState, epoch: int) -> tuple[TrainState, dict]:

@@ -1,0 +1,104 @@
+"""One compact table per loop: a row per iteration, from the metrics of its stages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import zntrack
+
+from apax_core.plots import loop_png
+
+COLUMNS = {
+    "iteration": "iter",
+    "n_train": "n_train",
+    "n_val": "n_val",
+    "test_energy_mae": "E MAE meV/atom",
+    "test_forces_mae": "F MAE meV/A",
+    "forces_z2": "F z^2",
+    "forces_miscal": "F miscal",
+    "md": "MD",
+    "selected": "selected",
+    "labelled": "labelled",
+    "failed": "failed",
+}
+"""Report keys and their column headers."""
+
+
+def iteration_row(i: int, train, evaluate, md=None, select=None, label=None) -> dict:
+    """The row of iteration ``i`` from its stages (the last iteration has no sampling)."""
+    test = evaluate.metrics
+    row = {
+        "iteration": i,
+        "n_train": train.metrics.get("n_train"),
+        "n_val": train.metrics.get("n_val"),
+        "test_energy_mae": test.get("energy_mae"),
+        "test_forces_mae": test.get("forces_mae"),
+        "forces_z2": test.get("mean_z2_forces"),
+        "forces_miscal": test.get("miscal_area_forces"),
+    }
+    if md is not None:
+        status = md.status
+        verb = f"stopped ({status.get('reason')})" if status.get("stopped") else "ran"
+        row["md"] = f"{verb} {status.get('time_fs', 0.0):.0f} fs"
+        picked = select.metrics
+        row["selected"] = f"{picked['n_selected']}/{picked['n_selected'] + picked['shortfall']}"
+        row["labelled"] = label.metrics["n_labelled"]
+        row["failed"] = label.metrics["n_failed"]
+    return row
+
+
+def format_table(rows: list[dict]) -> str:
+    """Fixed-width text: one header line, one line per iteration."""
+    cells = [[_cell(r.get(k)) for k in COLUMNS] for r in rows]
+    widths = [max(len(h), *(len(c[j]) for c in cells)) for j, h in enumerate(COLUMNS.values())]
+    lines = ["  ".join(h.rjust(w) for h, w in zip(COLUMNS.values(), widths, strict=True))]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(cell, widths, strict=True)) for cell in cells]
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+class Report(zntrack.Node):
+    """The loop's progress: ``rows`` (one per iteration), ``metrics`` (the last iteration: what
+    ``dvc metrics show`` lists), a dvc-plots table and a PNG of test error and calibrated
+    force z^2 against the number of labels. Built by ``build_loop``."""
+
+    trains: list = zntrack.deps()
+    evaluates: list = zntrack.deps()
+    mds: list = zntrack.deps()
+    selects: list = zntrack.deps()
+    labels: list = zntrack.deps()
+    metrics: dict = zntrack.metrics()
+    progress: pd.DataFrame = zntrack.plots(x="n_labels", y=["test_forces_mae", "forces_z2"])
+    plots_dir: Path = zntrack.outs_path(zntrack.nwd / "plots")
+
+    def run(self) -> None:
+        rows = [
+            iteration_row(i, t, e, *sampling)
+            for i, (t, e, *sampling) in enumerate(
+                zip(
+                    self.trains,
+                    self.evaluates,
+                    self.mds + [None],
+                    self.selects + [None],
+                    self.labels + [None],
+                    strict=True,
+                )
+            )
+        ]
+        table = pd.DataFrame(rows)
+        table["n_labels"] = table["n_train"] + table["n_val"].fillna(0)
+        self.progress = table
+        self.metrics = {k: v for k, v in rows[-1].items() if isinstance(v, int | float)}
+        self.plots_dir.mkdir(parents=True, exist_ok=True)
+        loop_png(table, self.plots_dir / "progress.png")
+        print(format_table(rows))
+
+    @property
+    def rows(self) -> list[dict]:
+        return self.progress.to_dict("records")
