@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -58,7 +59,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def _cell(value) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
