@@ -52,7 +52,7 @@ def main(n_iterations: int) -> None:
     project = zntrack.Project()
     with project.group("data"):
         crystal = an.BuildBulk(element="Cu", a=3.61, repeat=[3, 3, 3], vacancies=1)
-        boot = an.Bootstrap(data=crystal.frames, n=12, rattle=0.08, strain=0.02, seed=0)
+        boot = an.Bootstrap(data=crystal.frames, n=12, rattle=0.12, strain=0.02, seed=0)
         seed = an.Label(data=boot.frames, labeller=an.EMTLabeller())
         split = an.Split(data=seed.frames, fractions=[0.75, 0.25, 0.0], seed=0)
         test = an.ReferenceMD(

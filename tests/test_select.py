@@ -389,4 +389,6 @@ def test_cli_select(cu_model, tmp_path):
         np.testing.assert_allclose(atoms.positions, pool[i].positions, atol=1e-6)  # text file
     for name in ("distances.csv", "distances.png", "pca.csv", "pca.png"):
         assert (out / name).is_file()
-    assert cli.main([*argv, "-n", "9", "--out", str(out)]) == 1  # more than the pool
+    assert cli.main([*argv, "-n", "9", "--out", str(out / "all")]) == 0  # more than the pool:
+    assert len(json.loads((out / "all" / "selection.json").read_text())["indices"]) == 8  # all
+    assert cli.main([*argv, "-n", "0", "--out", str(out)]) == 2  # bad input: one line, exit 2
