@@ -4,6 +4,7 @@
     statistics.json   elements and data statistics the model was built with
     params.msgpack    the parameters consumers use (best validation epoch; EMA weights if enabled)
     calibration.json  optional post-hoc uncertainty calibration factors
+    screening.json    the implausible training/validation structures, by index and reason
 
 Paths inside are never absolute, so a moved or copied directory still loads.
 """

@@ -67,3 +67,19 @@ class ModelNode:
         from apax_core.calculator import ApaxCalculator
 
         return ApaxCalculator(self.get_model(), **kwargs)
+
+    @property
+    def available(self) -> bool:
+        """mlipx's question before it builds a stage: can ``get_calculator`` work in this
+        environment (the JAX engine imports)? The model itself may not be trained yet."""
+        try:
+            import apax_core.calculator  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def get_spec(self) -> None:
+        """mlipx's description of the training data's reference method (DFT functional, basis,
+        dataset). A model directory does not record which labeller made its data, so there is
+        none to give; mlipx then compares no specs for this model."""
+        return None

@@ -22,6 +22,7 @@ COLUMNS = {
     "selected": "selected",
     "labelled": "labelled",
     "failed": "failed",
+    "implausible": "implausible",
 }
 """Report keys and their column headers."""
 
@@ -37,6 +38,7 @@ def iteration_row(i: int, train, evaluate, md=None, select=None, label=None) -> 
         "test_forces_mae": test.get("forces_mae"),
         "forces_z2": test.get("mean_z2_forces"),
         "forces_miscal": test.get("miscal_area_forces"),
+        "implausible": train.metrics.get("n_implausible"),
     }
     if md is not None:
         status = md.status

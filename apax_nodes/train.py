@@ -13,7 +13,7 @@ import zntrack
 from apax_core.config import TrainConfig
 from apax_core.data import from_atoms
 from apax_core.files import atomic_write
-from apax_core.train.trainer import train
+from apax_core.train.trainer import SCREENING, train
 from apax_nodes.model import ModelNode, local_model_dir, require_apax_model
 
 CHECKPOINTS = Path(".apax_checkpoints")
@@ -71,7 +71,9 @@ class Train(zntrack.Node, ModelNode):
         )
         best = json.loads((self.model_dir / "metrics.json").read_text())
         n_val = {} if val_frames is None else {"n_val": len(val_frames)}
-        self.metrics = {**best, "n_train": len(train_frames), **n_val}
+        flagged = json.loads((self.model_dir / SCREENING).read_text())
+        n_flagged = sum(map(len, flagged.values()))
+        self.metrics = {**best, "n_train": len(train_frames), **n_val, "n_implausible": n_flagged}
         log = pd.read_csv(self.model_dir / "log.csv")
         self.learning_curve = log[["epoch", "train_loss", "val_loss"]]
         shutil.rmtree(checkpoints, ignore_errors=True)  # only once every output is complete

@@ -424,3 +424,75 @@ def test_prefetch_stops_worker_when_consumer_breaks():
     while prefetch_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not prefetch_threads()
+
+
+def _relabel(atoms: Atoms) -> Atoms:
+    atoms.calc = EMT()
+    results = {k: atoms.calc.get_property(k, atoms) for k in ("energy", "forces", "stress")}
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def screened_frames():
+    """20 plausible rattled cells; frame 4 with two atoms 0.2 A apart (EMT labels it with huge
+    forces), frame 11 with an energy 5 eV/atom off (a labeller's bad reference)."""
+    from conftest import emt_frames
+
+    frames = emt_frames(20, seed=3, rattle=0.1)
+    close = frames[4].copy()
+    close.positions[1] = close.positions[2] + [0.2, 0.0, 0.0]
+    frames[4] = _relabel(close)
+    bad = frames[11]
+    bad.calc.results["energy"] += 5.0 * len(bad)
+    return frames
+
+
+def test_screening_flags_exactly_the_implausible_frames(screened_frames):
+    from apax_core.config import Screening
+    from apax_core.data.screening import implausible
+
+    structures = [from_atoms(a) for a in screened_frames]
+    flagged = implausible(structures, Screening())
+    assert sorted(flagged) == [4, 11]
+    assert "closer than 0.5 A" in flagged[4] and "largest force" in flagged[4]
+    assert "energy per atom" in flagged[11]
+    # the plausible frames alone: nothing flagged (no false alarms on thermal disorder)
+    clean = [s for k, s in enumerate(structures) if k not in (4, 11)]
+    assert implausible(clean, Screening()) == {}
+
+
+def test_screening_actions_drop_keep_error(screened_frames):
+    from apax_core.config import Screening
+    from apax_core.data.screening import screen
+
+    structures = [from_atoms(a) for a in screened_frames]
+    kept, flagged = screen(structures, Screening(action="drop"), "train.xyz")
+    assert len(kept) == 18 and sorted(flagged) == [4, 11]
+    assert all(s is not structures[4] and s is not structures[11] for s in kept)
+    kept, flagged = screen(structures, Screening(action="keep"), "train.xyz")
+    assert len(kept) == 20 and sorted(flagged) == [4, 11]
+    with pytest.raises(DataError, match=r"train.xyz: implausible structures 4 \(atoms closer"):
+        screen(structures, Screening(action="error"), "train.xyz")
+
+
+def test_an_overlapping_frame_no_longer_inflates_the_force_scale(screened_frames):
+    """Before screening, one 0.2 A pair among 20 frames multiplied the per-element scale."""
+    from apax_core.config import TrainConfig
+    from apax_core.train.data import load_training_data
+
+    def scale(action, frames):
+        spec = TrainConfig.model_validate(
+            {"n_epochs": 1, "data": {"screening": {"action": action}}}
+        )
+        val = [from_atoms(a) for a in clean[:4]]
+        data = load_training_data(spec, [from_atoms(a) for a in frames], val)
+        return data.stats.scale[0], data.flagged
+
+    clean = [a for k, a in enumerate(screened_frames) if k not in (4, 11)]
+    reference, _ = scale("drop", clean)
+    dropped, flagged = scale("drop", screened_frames)
+    kept, _ = scale("keep", screened_frames)
+    assert sorted(flagged["training data"]) == [4, 11]
+    assert dropped == pytest.approx(reference)
+    assert kept > 20 * reference  # 77x with EMT's 2.4 keV/A at 0.2 A

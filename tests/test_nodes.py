@@ -106,6 +106,17 @@ def test_second_train_starts_from_the_first(repo):
     assert n_second == n_first + 6 and n_dataset == 9 + 6
 
 
+def test_model_nodes_answer_the_mlipx_protocol(repo):
+    with inside(repo):
+        node = zntrack.from_rev("iter0_Train")
+        assert node.available  # the engine imports here
+        assert node.get_spec() is None  # the labeller's method is not recorded
+        atoms = zntrack.from_rev("data_MoreLabel").frames[0]
+        atoms.calc = node.get_calculator()
+        assert np.isfinite(atoms.get_potential_energy())
+        assert node.metrics["n_implausible"] == 0  # rattled EMT cells are all plausible
+
+
 def test_metrics_show_lists_results_not_node_meta(repo):
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo))
     files = {f for rev in shown.values() for f in rev["data"]}

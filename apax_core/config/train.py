@@ -36,6 +36,21 @@ Padding = Annotated[PadToMax | PadBinned, Field(discriminator="kind")]
 Label = Literal["energy", "forces", "stress"]
 
 
+class Screening(Strict):
+    """Which labelled structures are implausible, and what happens to them. Every flagged
+    structure is reported by index and reason; ``action`` decides whether it is dropped, kept,
+    or stops the run."""
+
+    action: Literal["drop", "keep", "error"] = "drop"
+    min_distance: float = Field(0.5, ge=0.0)
+    """Atoms closer than this (A) make a structure implausible (0: no check)."""
+    max_robust_z: float = Field(20.0, gt=0.0)
+    """Per-atom energy residuals and largest force norms farther than this many robust standard
+    deviations (1.4826 x median absolute deviation) from the data's median are outliers."""
+    min_structures: PositiveInt = 8
+    """The energy and force outlier checks need at least this many structures."""
+
+
 class DataConfig(Strict):
     """How the structures are batched (which structures: see :class:`TrainRun`).
 
@@ -49,6 +64,7 @@ class DataConfig(Strict):
     padding: Padding = PadToMax()
     labels: list[Label] = ["energy", "forces"]
     """Labels every training and validation structure must carry."""
+    screening: Screening = Screening()
     shuffle_seed: int = 0
     prefetch: int = Field(2, ge=0)
     """Batches prepared ahead in a background thread (0: prepare in the training thread)."""

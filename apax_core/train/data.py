@@ -24,6 +24,7 @@ from apax_core.data import (
     read_frames,
     species_index,
 )
+from apax_core.data.screening import screen
 from apax_core.model import ModelStatistics
 from apax_core.model_dir import Model, load_model
 
@@ -35,6 +36,8 @@ class TrainingData:
     stats: ModelStatistics
     base: Model | None
     """The warm-start base model, if any."""
+    flagged: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)
+    """Implausible structures per source name: index in that source -> reason."""
 
     def fingerprint(self) -> str:
         """Hash of every array the run learns from (structures and the base model's parameters,
@@ -126,11 +129,14 @@ def load_training_data(
     """
     labels = sorted({t.quantity for t in config.loss} | set(config.data.labels))
     train, train_name = structures_of(train, labels, "training data")
+    train, flagged = screen(train, config.data.screening, train_name)
+    flagged = {train_name: flagged}
     if val is None:
         train, val = split(train, config.data.val_fraction, config.data.shuffle_seed)
         val_name = train_name
     else:
         val, val_name = structures_of(val, labels, "validation data")
+        val, flagged[val_name] = screen(val, config.data.screening, val_name)
     if config.warm_start is not None and base is None:
         raise DataError("warm_start is set but the run has no base model to start from")
     base = None if base is None else base_model(base, config)
@@ -147,4 +153,4 @@ def load_training_data(
         stats = dataclasses.replace(base.stats, shift=fresh.shift, scale=fresh.scale)
     else:
         stats = base.stats
-    return TrainingData(train, val, stats, base)
+    return TrainingData(train, val, stats, base, flagged)

@@ -116,6 +116,10 @@ class Setup:
     steps_per_epoch: int
 
 
+SCREENING = "screening.json"
+"""The model directory's record of the implausible structures its data held."""
+
+
 @with_x64
 def train(
     config: TrainConfig,
@@ -139,9 +143,7 @@ def train(
     setup, state = _setup(config, data)
     run_id = run_identity(config, data)
     resumed = load_checkpoint(checkpoint_dir, state, run_id)
-    save_config(directory, config)
-    save_stats(directory, data.stats)
-    (directory / CALIBRATION).unlink(missing_ok=True)  # fitted anew for these parameters
+    _write_inputs(directory, config, data)
     if resumed is not None:
         log.info("resuming %s after epoch %d", directory, resumed.epoch)
         state = resumed
@@ -175,6 +177,16 @@ def train(
     if config.calibrate and config.model.n_members > 1:
         _calibrate(directory, data.val)
     return directory
+
+
+def _write_inputs(directory: Path, config: TrainConfig, data: TrainingData) -> None:
+    """The model directory's run-independent files: spec, statistics, the screening report
+    (implausible structures per source, by index); a stale calibration is removed."""
+    save_config(directory, config)
+    save_stats(directory, data.stats)
+    report = {name: {str(k): why for k, why in f.items()} for name, f in data.flagged.items()}
+    atomic_write(directory / SCREENING, json.dumps(report, indent=2))
+    (directory / CALIBRATION).unlink(missing_ok=True)  # fitted anew for these parameters
 
 
 def _calibrate(directory: Path, val: list) -> None:

@@ -1,0 +1,104 @@
+"""Implausible labelled structures: overlapping atoms, and energies or forces far outside the
+data's own distribution. One such frame (a labeller's failure, an exploded MD frame) can
+inflate the per-element scale many times and spoil a whole training run."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from apax_core.data.io import DataError
+from apax_core.data.neighbours import neighbour_list
+from apax_core.data.statistics import element_counts, energy_shift
+from apax_core.data.structure import Structure
+
+if TYPE_CHECKING:
+    from apax_core.config import Screening
+
+logger = logging.getLogger(__name__)
+
+MAD_TO_SIGMA = 1.4826
+"""Median absolute deviation of a normal distribution times this is its standard deviation."""
+
+
+def overlapping(structures: Sequence[Structure], min_distance: float) -> list[int]:
+    """Indices of the structures with two atoms (or an atom and an image) closer than
+    ``min_distance``."""
+    if min_distance <= 0:
+        return []
+    return [k for k, s in enumerate(structures) if neighbour_list(s, min_distance).n_pairs]
+
+
+def robust_z(values: np.ndarray) -> np.ndarray:
+    """(v - median) / (1.4826 MAD); zero everywhere when the MAD vanishes (constant data)."""
+    values = np.asarray(values, dtype=np.float64)
+    median = np.median(values)
+    sigma = MAD_TO_SIGMA * np.median(np.abs(values - median))
+    return (values - median) / sigma if sigma > 0 else np.zeros_like(values)
+
+
+def energy_outliers(structures: Sequence[Structure], z_max: float) -> list[int]:
+    """Indices whose per-atom energy, after the least-squares per-element shift, lies more than
+    ``z_max`` robust sigmas from the median."""
+    labelled = [k for k, s in enumerate(structures) if s.energy is not None]
+    if not labelled:
+        return []
+    subset = [structures[k] for k in labelled]
+    elements = sorted({int(z) for s in subset for z in s.Z})
+    counts = element_counts(subset, elements)
+    energies = np.array([s.energy for s in subset])
+    residual = (energies - counts @ energy_shift(subset, elements)) / counts.sum(axis=1)
+    return [labelled[k] for k in np.flatnonzero(np.abs(robust_z(residual)) > z_max)]
+
+
+def force_outliers(structures: Sequence[Structure], z_max: float) -> list[int]:
+    """Indices whose largest atomic force norm lies more than ``z_max`` robust sigmas above the
+    median of all structures' largest norms (only the high side: small forces are plausible)."""
+    labelled = [k for k, s in enumerate(structures) if s.forces is not None and s.n_atoms]
+    if not labelled:
+        return []
+    peak = np.array([np.linalg.norm(structures[k].forces, axis=1).max() for k in labelled])
+    return [labelled[k] for k in np.flatnonzero(robust_z(peak) > z_max)]
+
+
+def implausible(structures: Sequence[Structure], config: Screening) -> dict[int, str]:
+    """Flagged structure index -> reason(s), in index order."""
+    z = config.max_robust_z
+    checks = [
+        (
+            overlapping(structures, config.min_distance),
+            f"atoms closer than {config.min_distance:g} A",
+        )
+    ]
+    if len(structures) >= config.min_structures:
+        checks += [
+            (energy_outliers(structures, z), f"energy per atom beyond {z:g} robust sigma"),
+            (force_outliers(structures, z), f"largest force beyond {z:g} robust sigma"),
+        ]
+    reasons: dict[int, list[str]] = {}
+    for indices, reason in checks:
+        for k in indices:
+            reasons.setdefault(k, []).append(reason)
+    return {k: "; ".join(reasons[k]) for k in sorted(reasons)}
+
+
+def screen(
+    structures: Sequence[Structure], config: Screening, source: str
+) -> tuple[list[Structure], dict[int, str]]:
+    """The structures to use and the flagged ones (index -> reason): flagged structures are
+    logged by index, then dropped, kept, or raised as a DataError, as ``config.action`` says."""
+    flagged = implausible(structures, config)
+    if not flagged:
+        return list(structures), {}
+    listing = ", ".join(f"{k} ({why})" for k, why in list(flagged.items())[:10])
+    more = f" and {len(flagged) - 10} more" if len(flagged) > 10 else ""
+    text = f"{source}: implausible structures {listing}{more}"
+    if config.action == "error":
+        raise DataError(f"{text}; set data.screening.action to 'drop' or 'keep' to go on")
+    logger.warning("%s; %s", text, "dropped" if config.action == "drop" else "kept")
+    if config.action == "keep":
+        return list(structures), flagged
+    return [s for k, s in enumerate(structures) if k not in flagged], flagged
