@@ -24,8 +24,15 @@ n_epochs: 40
 data:
   batch_size: 8
 model:
-  kind: gmnn
+  kind: gmnn                      # Gaussian moments; or equivmp (equivariant message passing)
   r_max: 5.0                      # cutoff (A), also the neighbour-list cutoff
+# EquivMP instead (paper settings; slower, receptive field n_layers x r_max):
+#  kind: equivmp
+#  r_max: 6.0
+#  n_basis: 7
+#  l_max: 2
+#  n_channels: 32
+#  n_layers: 2
 # Uncertainties: a shallow ensemble trained with CRPS. Uncomment both:
 #  ensemble: {kind: shallow, n_members: 8}
 # loss:

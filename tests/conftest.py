@@ -13,8 +13,9 @@ import pytest
 from ase.build import bulk
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
+from pydantic import TypeAdapter
 
-from apax_core.config import GMNNConfig, TrainConfig, TrainRun
+from apax_core.config import ModelConfig, TrainConfig, TrainRun
 from apax_core.data import write_frames
 from apax_core.model import ModelStatistics, build_model, init_params
 from apax_core.model_dir import Model
@@ -26,11 +27,17 @@ from apax_core.train.trainer import train_run
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 TINY = dict(r_max=4.0, n_basis=4, n_radial=3, hidden=[16])
+TINY_EQUIVMP = dict(
+    kind="equivmp", r_max=4.0, n_basis=4, n_channels=4, l_max=2, hidden=[16], radial_hidden=[8]
+)
+"""The tiniest EquivMP that still has every path: degrees 0-2 and two message-passing steps."""
+KINDS = {"gmnn": TINY, "equivmp": TINY_EQUIVMP}
 
 
-def make_model(elements=(29, 47), seed=0, **overrides) -> Model:
-    """A randomly initialised tiny GMNN in fp64 (exact derivative tests need fp64)."""
-    config = GMNNConfig(**{**TINY, "precision": "fp64", **overrides})
+def make_model(elements=(29, 47), seed=0, kind="gmnn", **overrides) -> Model:
+    """A randomly initialised tiny model of ``kind`` in fp64 (exact derivative tests need it)."""
+    raw = {**KINDS[kind], "precision": "fp64", **overrides}
+    config = TypeAdapter(ModelConfig).validate_python(raw)
     n = len(elements)
     stats = ModelStatistics(
         tuple(elements), tuple(-3.0 - 0.1 * i for i in range(n)), tuple([0.7] * n)

@@ -36,6 +36,17 @@ def evaluate(model, atoms_list, fn=None, **kw):
     return map_structures(fn, model.params, structures, model.config.r_max, **kw)
 
 
+@pytest.fixture(scope="module", params=["gmnn", "equivmp"])
+def kind(request):
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def cuag_model(kind):
+    """A tiny Cu/Ag model of each kind: every physics test below runs for both."""
+    return make_model(kind=kind)
+
+
 @pytest.fixture(scope="module")
 def fn(cuag_model):
     return compiled(cuag_model)
@@ -43,6 +54,7 @@ def fn(cuag_model):
 
 @pytest.mark.parametrize("make", [cuag_cell, cluster])
 def test_rotation_translation_permutation(cuag_model, fn, make):
+    """Invariant energy; forces rotate as vectors and the stress as a rank-2 tensor."""
     atoms = make()
     rng = np.random.default_rng(1)
     rot = Rotation.random(random_state=2).as_matrix()
@@ -57,6 +69,9 @@ def test_rotation_translation_permutation(cuag_model, fn, make):
     assert np.abs(rotated["forces"] - ref["forces"] @ rot.T).max() < 1e-9
     assert abs(permuted["energy"] - ref["energy"]) < 1e-9
     assert np.abs(permuted["forces"] - ref["forces"][perm]).max() < 1e-9
+    if atoms.pbc.any():
+        assert np.abs(rotated["stress"] - rot @ ref["stress"] @ rot.T).max() < 1e-9
+        assert np.abs(permuted["stress"] - ref["stress"]).max() < 1e-9
     # The model is not trivially constant: forces are of order one.
     assert np.abs(ref["forces"]).max() > 1e-3
 
@@ -89,16 +104,19 @@ def finite_difference(model, fn, atoms, h=1e-5):
     return forces, stress
 
 
-@pytest.mark.parametrize("kind", ["periodic_cuag", "periodic_cu_zbl_bessel", "cluster"])
-def test_forces_and_stress_equal_finite_differences(kind):
-    if kind == "periodic_cu_zbl_bessel":
+@pytest.mark.parametrize(
+    "case", ["periodic_cuag", "periodic_cu_zbl_bessel", "cluster", "equivmp_periodic", "equivmp"]
+)
+def test_forces_and_stress_equal_finite_differences(case):
+    if case == "periodic_cu_zbl_bessel":
         model = make_model(elements=(29,), basis="bessel", n_basis=5, zbl={"r_max": 2.4})
         atoms = bulk("Cu", "fcc", a=3.0)  # one atom, compressed: ZBL is active
         atoms = atoms.repeat((2, 1, 1))
         atoms.rattle(0.15, seed=3)
     else:
-        model = make_model()
-        atoms = cuag_cell(seed=4, repeat=(1, 1, 1)) if kind == "periodic_cuag" else cluster(5)
+        model = make_model(kind="equivmp" if case.startswith("equivmp") else "gmnn")
+        periodic = case in ("periodic_cuag", "equivmp_periodic")
+        atoms = cuag_cell(seed=4, repeat=(1, 1, 1)) if periodic else cluster(5)
     fn = compiled(model)
     pred = evaluate(model, [atoms], fn)[0]
     forces, stress = finite_difference(model, fn, atoms)
@@ -119,8 +137,10 @@ def test_padding_does_not_change_predictions(cuag_model, fn):
     assert np.abs(padded["forces"] - alone["forces"]).max() < 1e-10
 
 
-def test_periodic_images_one_atom_cell_equals_supercell():
-    model = make_model(elements=(29,))
+def test_periodic_images_one_atom_cell_equals_supercell(kind):
+    """For EquivMP too: an image's features are its original's, so a single periodic domain
+    needs no ghost atoms for the n_layers x r_max receptive field."""
+    model = make_model(elements=(29,), kind=kind)
     prim = bulk("Cu", "fcc", a=3.61)  # one atom; the cutoff is larger than the cell
     super_cell = prim.repeat((3, 3, 3))
     one, many = evaluate(model, [prim, super_cell])
@@ -129,8 +149,8 @@ def test_periodic_images_one_atom_cell_equals_supercell():
     assert np.abs(many["forces"]).max() < 1e-8
 
 
-def test_energy_is_smooth_across_the_cutoff():
-    model = make_model(elements=(29,))
+def test_energy_is_smooth_across_the_cutoff(kind):
+    model = make_model(elements=(29,), kind=kind)
     r_max = model.config.r_max
 
     def dimer(r):

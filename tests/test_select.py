@@ -221,10 +221,13 @@ def total_energies_per_atom(apply, params, s):
     return captured["out"]
 
 
-@pytest.mark.parametrize("ensemble", [None, {"kind": "shallow", "n_members": 3}])
-def test_last_layer_gradient_equals_the_analytic_form(ensemble):
+@pytest.mark.parametrize(
+    ("kind", "ensemble"),
+    [("gmnn", None), ("gmnn", {"kind": "shallow", "n_members": 3}), ("equivmp", None)],
+)
+def test_last_layer_gradient_equals_the_analytic_form(kind, ensemble):
     """dE/db_m = (1/M) sum_a scale[Z_a], dE/dW_fm = (1/M) sum_a scale[Z_a] h_af."""
-    model = make_model(elements=(29, 47), ensemble=ensemble)
+    model = make_model(elements=(29, 47), kind=kind, ensemble=ensemble)
     params = jax.tree.map(np.asarray, model.params)
     params["scale_shift"]["scale"] = np.array([0.7, 1.3])  # element-dependent scale
     model = dataclasses.replace(model, params=params)

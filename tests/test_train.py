@@ -286,6 +286,19 @@ def test_template_ensemble_lines_validate_when_uncommented():
     ]
 
 
+def test_template_equivmp_lines_validate_when_uncommented():
+    from apax_core.cli import MINIMAL_TRAIN
+
+    lines = [ln for ln in MINIMAL_TRAIN.splitlines() if not ln.startswith(("  kind:", "  r_max:"))]
+    equivmp = ("#  kind", "#  r_max", "#  n_basis", "#  l_max", "#  n_channels", "#  n_layers")
+    raw = yaml.safe_load("\n".join(ln[1:] if ln.startswith(equivmp) else ln for ln in lines))
+    config = TrainConfig.model_validate(
+        {k: v for k, v in raw.items() if k not in TrainRun.model_fields}
+    )
+    assert config.model.kind == "equivmp"
+    assert (config.model.r_max, config.model.l_max, config.model.n_channels) == (6.0, 2, 32)
+
+
 def test_checkpoint_of_a_different_run_is_not_resumed(data_files, tmp_path):
     first = tiny_config(tmp_path / "m", data_files, n_epochs=2)
     first.run()

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 import optax
 import optax.contrib
-from pydantic import Field, PositiveInt, model_validator
+from pydantic import Discriminator, Field, PositiveInt, Tag, model_validator
 
 from apax_core.config.common import Strict
 
@@ -146,14 +146,51 @@ class GMNNConfig(ModelBase):
         return self
 
 
-ModelConfig = GMNNConfig
-"""The model kinds; a second kind turns this into a union discriminated by ``kind``."""
+class EquivMPConfig(ModelBase):
+    """Equivariant message passing (paper sec. 2.1, NequIP-like): node features of degree
+    0..l_max, tensor-product messages with element-dependent radial weights, gated
+    nonlinearities. The receptive field is n_layers x r_max."""
+
+    kind: Literal["equivmp"] = "equivmp"
+    r_max: float = Field(6.0, gt=0.0)
+    hidden: list[PositiveInt] = [32]
+    n_basis: PositiveInt = 7
+    """Number of Bessel radial basis functions."""
+    l_max: int = Field(2, ge=0, le=3)
+    """Highest degree of the spherical harmonics and of the node features."""
+    n_channels: PositiveInt = 32
+    """Channels per degree of the node features."""
+    n_layers: PositiveInt = 2
+    """Message-passing steps."""
+    radial_hidden: list[PositiveInt] = [32]
+    """Hidden widths of the MLP that maps (basis, element pair) to the weight of each path."""
+    avg_neighbours: float = Field(30.0, gt=0.0)
+    """Summed messages are divided by the square root of this (a typical neighbour count)."""
+
+
+def _model_kind(value) -> str:
+    """The ``kind`` of a model section; a section without one is a GMNN (older configs)."""
+    if isinstance(value, dict):
+        return value.get("kind", "gmnn")
+    return getattr(value, "kind", "gmnn")
+
+
+ModelConfig = Annotated[
+    Annotated[GMNNConfig, Tag("gmnn")] | Annotated[EquivMPConfig, Tag("equivmp")],
+    Discriminator(
+        _model_kind,
+        custom_error_type="model_kind",
+        custom_error_message="unknown model kind; expected 'gmnn' or 'equivmp'",
+    ),
+]
+"""The model kinds, discriminated by ``kind`` (default gmnn)."""
 
 
 # ---------------------------------------------------------------------------------------- train
 
 Group = Literal["radial", "nn", "scale", "shift"]
-"""Parameter groups: radial coefficients, readout network, per-element scale, per-element shift."""
+"""Parameter groups: the representation ("radial": GMNN's radial coefficients, EquivMP's
+message-passing layers), readout network, per-element scale, per-element shift."""
 
 
 class LossTerm(Strict):

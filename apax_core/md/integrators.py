@@ -6,7 +6,8 @@ chain_steps, sy_steps and tau (tau * dt), Langevin its friction in 1/fs.
 Degrees of freedom: Maxwell-Boltzmann momenta start with the centre-of-mass motion removed, and
 NVE and Nose-Hoover dynamics conserve the total momentum, so the kinetic energy has 3N - 3
 degrees of freedom. jax-md's chain counts 3N, which runs a small system 3N / (3N - 3) too hot
-(8 atoms: 14 %); the chain here is coupled to 3N - 3. Langevin noise thermalises all 3N.
+(8 atoms: 14 %); the chain here is coupled to 3N - 3, and loaded momenta lose their drift
+first. Langevin noise thermalises all 3N.
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ def kinetic_temperature(momentum, mass, conserves_momentum: bool):
         total = jnp.sum(momentum, axis=0)
         twice_ke = twice_ke - jnp.sum(total**2) / jnp.sum(mass)
     return twice_ke / (kinetic_dof(n, conserves_momentum) * units.kB)
+
+
+def without_drift(momenta, mass):
+    """``momenta`` less the centre-of-mass motion. A Nose-Hoover chain coupled to 3N - 3
+    degrees of freedom would otherwise heat or cool a loaded drift as if it were thermal."""
+    mass = jnp.reshape(mass, (-1, 1))
+    return momenta - mass * jnp.sum(momenta, axis=0) / jnp.sum(mass)
 
 
 def kT_of(temperature_K):
@@ -90,6 +98,8 @@ def integrator(
     conserves = isinstance(dynamics, NVTNoseHoover)
 
     def init_thermostat(key, R, kT, mass, momenta=None, **kw):
+        if conserves and momenta is not None:
+            momenta = without_drift(momenta, mass)
         state = init(key, R, mass=mass, momenta=momenta, kT=kT, **kw)
         if conserves:  # the chain's masses follow from its dof at every step (update_mass)
             dof = kinetic_dof(R.shape[0], True)

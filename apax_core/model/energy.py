@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 from ase.data import chemical_symbols
 
-from apax_core.config import GMNNConfig, ModelConfig
+from apax_core.config import EquivMPConfig, GMNNConfig, ModelConfig
+from apax_core.model.equivmp import EquivMP
 from apax_core.model.gmnn import GaussianMoments
 from apax_core.model.readout import Readout
 from apax_core.model.zbl import zbl_pair_energy
@@ -49,6 +50,8 @@ def representation(config: ModelConfig, n_species: int, dtype) -> nn.Module:
     per-atom features (N, F), zero for padded atoms. The one place that maps kinds to modules."""
     if isinstance(config, GMNNConfig):
         return GaussianMoments(config, n_species, dtype, name="representation")
+    if isinstance(config, EquivMPConfig):
+        return EquivMP(config, n_species, dtype, name="representation")
     raise TypeError(f"no representation for model kind {config.kind!r}")
 
 
