@@ -147,9 +147,7 @@ def test_nose_hoover_temperature(cuag_model, tmp_path):
 
 def test_nose_hoover_small_cell_runs_at_the_target_temperature():
     """8 atoms: the centre of mass does not move, so 3N - 3 = 21 degrees of freedom carry the
-    heat. A chain coupled to 3N = 24 (jax-md's count) runs 24/21 = 14 % hot. The run starts
-    from loaded momenta with a drift: the chain would scale it like heat (and break momentum
-    conservation), so it is removed first."""
+    heat. A chain coupled to 3N = 24 (jax-md's count) runs 24/21 = 14 % hot."""
     n_atoms, target, n_steps = 8, 300.0, 100_000
     with x64():
         disp, shift = space.free()
@@ -167,10 +165,7 @@ def test_nose_hoover_small_cell_runs_at_the_target_temperature():
         dynamics = NVTNoseHoover(thermostat=ThermostatChain(chain_length=3, tau=100))
         integ = integrator(dynamics, energy, shift, 2.0, kT)
         mass = jnp.full(n_atoms, 63.5)
-        rng = np.random.default_rng(1)
-        loaded = rng.normal(scale=np.sqrt(63.5 * kT), size=(8, 3)) + 63.5 * 0.05  # + drift
-        state = integ.init(jax.random.PRNGKey(1), start, kT, mass, jnp.asarray(loaded))
-        state = md_engine._to_f64(state)
+        state = md_engine._to_f64(integ.init(jax.random.PRNGKey(1), start, kT, mass))
 
         def body(k, carry):
             state, total, reported = carry
@@ -188,6 +183,31 @@ def test_nose_hoover_small_cell_runs_at_the_target_temperature():
     assert abs(true_t - target) < 0.03 * target
     assert abs(float(reported) / samples - true_t) < 1e-6 * true_t  # reported = true
     assert np.abs(np.asarray(state.momentum).sum(0)).max() < 1e-8  # momentum conserved
+
+
+def test_nose_hoover_removes_a_loaded_drift_and_conserves_momentum():
+    """Loaded momenta with a centre-of-mass drift: the chain (coupled to 3N - 3) would scale
+    the drift like heat and change the total momentum, so the drift is removed at the start;
+    the internal motion is kept as loaded."""
+    with x64():
+        disp, shift = space.free()
+        rest = jnp.asarray(np.random.default_rng(0).normal(scale=2.0, size=(8, 3)))
+
+        def energy(R, **unused):
+            return 0.5 * jnp.sum((R - rest) ** 2)
+
+        kT = units.kB * 300.0
+        dynamics = NVTNoseHoover(thermostat=ThermostatChain(chain_length=3, tau=10))
+        integ = integrator(dynamics, energy, shift, 1.0, kT)
+        mass = jnp.full(8, 63.5)
+        thermal = np.random.default_rng(1).normal(scale=np.sqrt(63.5 * kT), size=(8, 3))
+        thermal -= thermal.mean(0)
+        state = integ.init(jax.random.PRNGKey(0), rest, kT, mass, jnp.asarray(thermal + 2.0))
+        np.testing.assert_allclose(np.asarray(state.momentum), thermal, atol=1e-12)
+        state = jax.lax.fori_loop(
+            0, 500, lambda k, s: integ.step(s, 2 * kT), md_engine._to_f64(state)
+        )
+        assert np.abs(np.asarray(state.momentum).sum(0)).max() < 1e-10
 
 
 def harmonic_run(dynamics, n_steps=40):
