@@ -8,9 +8,11 @@ import ase
 import zntrack
 
 from apax_core.data.sampling import bootstrap
+from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5, write_h5
 
 
+@one_line_errors
 class Bootstrap(zntrack.Node):
     """``n`` rattled and strained copies of the input structures (cycled), seeded."""
 

@@ -8,9 +8,11 @@ import ase
 import zntrack
 from ase.build import bulk
 
+from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5, write_h5
 
 
+@one_line_errors
 class BuildBulk(zntrack.Node):
     """A periodic crystal (``ase.build.bulk``), repeated, optionally with vacancies."""
 

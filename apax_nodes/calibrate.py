@@ -11,9 +11,11 @@ import zntrack
 from apax_core.data import from_atoms
 from apax_core.predict import predict
 from apax_core.uq import calibrate_model, uncertainty_metrics
+from apax_nodes.errors import one_line_errors
 from apax_nodes.model import ModelNode, local_model_dir
 
 
+@one_line_errors
 class Calibrate(zntrack.Node, ModelNode):
     """A copy of ``model`` whose energy and force spreads are scaled by NLL-optimal factors."""
 

@@ -10,9 +10,11 @@ import ase
 import zntrack
 
 from apax_core.data.sampling import split_indices
+from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5, write_h5
 
 
+@one_line_errors
 class Dataset(zntrack.Node):
     """``previous`` plus ``new`` frames, of which ``val_fraction`` join the validation set (so
     the validation set grows with the data and every model is calibrated on the new regime)."""

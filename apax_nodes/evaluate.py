@@ -14,8 +14,10 @@ from apax_core.evaluate import error_metrics
 from apax_core.plots import parity_png
 from apax_core.predict import calculator_predictions, predict
 from apax_core.uq import reliability_diagram, uncalibrated, uncertainty_metrics
+from apax_nodes.errors import one_line_errors
 
 
+@one_line_errors
 class Evaluate(zntrack.Node):
     """Energy/force/stress MAE and RMSE (meV/atom, meV/A, meV/A^3) on ``data``; for ensembles
     also NLL, miscalibration area, mean z^2 and Spearman rho of the calibrated uncertainties,

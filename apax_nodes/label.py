@@ -18,6 +18,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from tqdm import tqdm
 
 from apax_core.files import atomic_write
+from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5, write_h5
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def label(atoms: ase.Atoms, calc) -> ase.Atoms:
     return out
 
 
+@one_line_errors
 class Label(zntrack.Node):
     """Reference labels for ``data``; a structure whose calculation fails is recorded in
     ``failures.json`` with its index and error, never silently dropped."""

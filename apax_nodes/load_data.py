@@ -8,9 +8,11 @@ import ase
 import zntrack
 
 from apax_core.data import read_frames
+from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5, write_h5
 
 
+@one_line_errors
 class LoadData(zntrack.Node):
     """Any ASE-readable file or H5MD -> ``frames``."""
 

@@ -12,6 +12,7 @@ import zntrack
 from apax_core.config import MDConfig
 from apax_core.md.checkpoint import CHECKPOINT
 from apax_core.md.io import trace
+from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5
 from apax_nodes.model import require_apax_model
 from apax_nodes.train import checkpoint_dir
@@ -24,6 +25,7 @@ def md_config(config: dict) -> MDConfig:
     return MDConfig.model_validate(config)
 
 
+@one_line_errors
 class MD(zntrack.Node):
     """MD of ``data[index]`` with ``model``; ``config`` is an apax_core MD spec (dynamics,
     temperature schedule, UDD, stop checks). ``frames`` are the written frames; ``status``

@@ -12,10 +12,12 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from tqdm import tqdm
 
+from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5, write_h5
 from apax_nodes.label import Labeller, label
 
 
+@one_line_errors
 class ReferenceMD(zntrack.Node):
     """Langevin MD of ``data[index]`` with the reference calculator; every ``sampling_rate``-th
     step is kept with its reference energy, forces and stress."""

@@ -9,6 +9,7 @@ import pandas as pd
 import zntrack
 
 from apax_core.plots import loop_png
+from apax_nodes.errors import one_line_errors
 
 COLUMNS = {
     "iteration": "iter",
@@ -66,6 +67,7 @@ def _cell(value) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
+@one_line_errors
 class Report(zntrack.Node):
     """The loop's progress: ``rows`` (one per iteration), ``metrics`` (the last iteration: what
     ``dvc metrics show`` lists), a dvc-plots table and a PNG of test error and calibrated

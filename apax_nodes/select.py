@@ -15,6 +15,7 @@ from apax_core.config import SelectionMethod
 from apax_core.data import from_atoms
 from apax_core.select import select, write_diagnostics
 from apax_core.select.api import select_with_calculator
+from apax_nodes.errors import one_line_errors
 from apax_nodes.model import require_apax_model
 
 
@@ -23,6 +24,7 @@ def selection_method(method: dict):
     return TypeAdapter(SelectionMethod).validate_python(method)
 
 
+@one_line_errors
 class Select(zntrack.Node):
     """``n`` structures of ``pool`` chosen by ``method`` (default: greedy max-distance in the
     last-layer-gradient feature space, seeded from the current training data). A pool with

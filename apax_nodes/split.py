@@ -8,11 +8,13 @@ import ase
 import zntrack
 
 from apax_core.data.sampling import split_indices
+from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5, write_h5
 
 PARTS = ("train", "val", "test")
 
 
+@one_line_errors
 class Split(zntrack.Node):
     """Random train/validation/test split by fractions (seeded); ``frames`` is the train part."""
 

@@ -14,6 +14,7 @@ from apax_core.config import TrainConfig
 from apax_core.data import from_atoms
 from apax_core.files import atomic_write
 from apax_core.train.trainer import SCREENING, train
+from apax_nodes.errors import one_line_errors
 from apax_nodes.model import ModelNode, local_model_dir, require_apax_model
 
 CHECKPOINTS = Path(".apax_checkpoints")
@@ -37,6 +38,7 @@ def train_spec(config: dict) -> TrainConfig:
     return TrainConfig.model_validate(config)
 
 
+@one_line_errors
 class Train(zntrack.Node, ModelNode):
     """Train on ``data`` (validated on ``validation_data``, or a held-out fraction of ``data``).
 

@@ -259,3 +259,24 @@ def test_evaluate_and_select_take_a_model_of_another_package(tmp_path, monkeypat
         with other, pytest.raises(TypeError, match="Select.model: needs an apax model"):
             an.Select(model=foreign_models.EMTModel(), pool=[], train_data=[], n=1)
     assert metrics["forces_mae"] < 1e-9 and metrics["energy_mae"] < 1e-9  # EMT against EMT
+
+
+def test_bad_input_ends_a_stage_with_one_line_naming_it(tmp_path):
+    """A data error inside a stage reads like the CLI's: the stage, the file, the structure."""
+    import ase.io
+    from ase.build import bulk
+
+    root = init_repo(tmp_path / "p")
+    atoms = bulk("Cu", cubic=True)
+    atoms.positions[1] = np.nan
+    ase.io.write(root / "bad.extxyz", [bulk("Cu", cubic=True), atoms])
+    with inside(root):
+        project = zntrack.Project()
+        with project:
+            an.LoadData(file="bad.extxyz")
+        build(project)
+    out = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True)
+    text = out.stdout + out.stderr
+    assert out.returncode != 0
+    assert "LoadData: bad.extxyz: structure 1 has non-finite positions" in text
+    assert "Traceback" not in text
