@@ -5,7 +5,7 @@ from apax_nodes.build_bulk import BuildBulk
 from apax_nodes.calibrate import Calibrate
 from apax_nodes.dataset import Dataset
 from apax_nodes.evaluate import Evaluate
-from apax_nodes.label import EMTLabeller, GenericLabeller, Label, LJLabeller
+from apax_nodes.label import EMTLabeller, GenericLabeller, Label, LJLabeller, XTBLabeller
 from apax_nodes.load_data import LoadData
 from apax_nodes.md import MD
 from apax_nodes.reference_md import ReferenceMD
@@ -31,6 +31,7 @@ __all__ = [
     "Select",
     "Split",
     "Train",
+    "XTBLabeller",
 ]
 
 NODES = [n for n in __all__ if not n.endswith("Labeller")]

@@ -14,7 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import zntrack
+from pydantic import TypeAdapter
 
+from apax_core.config import Executor
 from apax_nodes.dataset import Dataset
 from apax_nodes.evaluate import Evaluate
 from apax_nodes.label import Label
@@ -40,6 +42,8 @@ class LoopSettings:
     """Share of each iteration's labelled frames that joins the validation set, on which every
     model is calibrated (the paper adds 20 training + 10 validation frames per iteration)."""
     select_method: dict = field(default_factory=lambda: {"kind": "max_distance"})
+    label_executor: dict = field(default_factory=lambda: {"kind": "serial"})
+    """Where each iteration's reference calculations run (serial, processes or dask)."""
 
     def validate(self) -> None:
         if self.n_iterations < 1:
@@ -55,6 +59,10 @@ class LoopSettings:
                 raise ValueError(f"LoopSettings.{name}: {err}") from None
         md_config(self.md)
         selection_method(self.select_method)
+        try:
+            TypeAdapter(Executor).validate_python(self.label_executor)
+        except ValueError as err:
+            raise ValueError(f"LoopSettings.label_executor: {err}") from None
 
 
 def build_loop(
@@ -115,6 +123,6 @@ def _sampling(settings: LoopSettings, i: int, train, dataset, start_structures, 
         n=settings.n_select,
         method=settings.select_method,
     )
-    label = Label(data=select.frames, labeller=labeller)
+    label = Label(data=select.frames, labeller=labeller, executor=settings.label_executor)
     grown = Dataset(previous=dataset, new=label.frames, val_fraction=settings.val_fraction, seed=i)
     return {"md": md, "select": select, "label": label, "dataset": grown}

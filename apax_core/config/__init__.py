@@ -5,6 +5,7 @@ keys, so a misspelt option is an error, not a silently ignored default. One file
 """
 
 from apax_core.config.common import ConfigError, Strict, format_errors, load_config, load_job
+from apax_core.config.executor import DaskExecutor, Executor, Processes, Serial
 from apax_core.config.md import (
     NVE,
     ConstantTemperature,
@@ -62,6 +63,10 @@ from apax_core.config.train import (
 )
 
 __all__ = [
+    "DaskExecutor",
+    "Executor",
+    "Processes",
+    "Serial",
     "ConfigError",
     "Strict",
     "format_errors",

@@ -1,0 +1,146 @@
+"""Labelling on many workers: serial, a process pool and a dask LocalCluster give the same
+frames in input order; a killed worker's task is retried; a rerun after a crash computes only
+what is missing; GFN2-xTB through tblite labels a molecule with forces equal to finite
+differences of its energy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+from pydantic import TypeAdapter
+from workers import always_die, die_once
+
+from apax_core.config import Executor
+from apax_core.tasks import Lost, TaskStore, run_tasks
+from apax_nodes.label import EMTLabeller, GenericLabeller, LabellerError, label_task, task_key
+
+
+def cells(n: int):
+    out = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+        atoms.rattle(0.05, seed=k)
+        out.append(atoms)
+    return out
+
+
+def executor(raw: dict):
+    return TypeAdapter(Executor).validate_python(raw)
+
+
+def labelled(kind: dict, tmp_path: Path, frames):
+    jobs = [(EMTLabeller(), a) for a in frames]
+    keys = [task_key(EMTLabeller(), a) for a in frames]
+    store = TaskStore(tmp_path / kind["kind"])
+    return run_tasks(label_task, jobs, keys, executor(kind), store)
+
+
+def test_every_executor_gives_the_serial_frames_in_order(tmp_path):
+    frames = cells(6)
+    serial = labelled({"kind": "serial"}, tmp_path, frames)
+    for kind in ({"kind": "processes", "n_workers": 2}, {"kind": "dask", "n_workers": 2}):
+        other = labelled(kind, tmp_path, frames)
+        for a, b in zip(serial, other, strict=True):
+            assert np.array_equal(a.positions, b.positions)
+            assert a.get_potential_energy() == b.get_potential_energy()
+            np.testing.assert_array_equal(a.get_forces(), b.get_forces())
+
+
+@pytest.mark.parametrize("kind", ["processes", "dask"])
+def test_a_killed_worker_has_its_task_retried(kind, tmp_path):
+    markers = [str(tmp_path / f"m{k}") for k in range(3)]
+    for done in (markers[0], markers[2]):  # only the middle task kills its worker, once
+        Path(done).touch()
+    config = executor({"kind": kind, "n_workers": 2, "retries": 1})
+    store = TaskStore(tmp_path / "store")
+    results = run_tasks(die_once, markers, ["a", "b", "c"], config, store)
+    assert results == markers  # complete, once each, in order
+    lost = run_tasks(always_die, [0], ["d"], config, TaskStore(tmp_path / "lost"))
+    assert isinstance(lost[0], Lost)  # recorded, not dropped, not retried forever
+
+
+class Counter:
+    """Counts calls in a file; raises at call ``crash_at`` (a crash of the whole run)."""
+
+    def __init__(self, path: Path, crash_at: int | None = None) -> None:
+        self.path, self.crash_at = path, crash_at
+
+    def __call__(self, item: int) -> int:
+        calls = int(self.path.read_text()) if self.path.exists() else 0
+        if calls == self.crash_at:
+            raise KeyboardInterrupt("killed")
+        self.path.write_text(str(calls + 1))
+        return item * item
+
+
+def test_a_rerun_after_a_crash_computes_only_what_is_missing(tmp_path):
+    items, keys = list(range(8)), [f"k{i}" for i in range(8)]
+    store, counter = TaskStore(tmp_path / "store"), tmp_path / "calls"
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(Counter(counter, crash_at=5), items, keys, executor({"kind": "serial"}), store)
+    assert int(counter.read_text()) == 5
+    assert run_tasks(Counter(counter), items, keys, executor({"kind": "serial"}), store) == [
+        i * i for i in items
+    ]
+    assert int(counter.read_text()) == 8  # 5 before the crash + the 3 missing
+
+
+def test_a_labeller_that_cannot_work_fails_before_the_first_structure(monkeypatch):
+    monkeypatch.delenv("APAX_NO_SUCH_VARIABLE", raising=False)
+    cp2k = GenericLabeller(
+        "ase.calculators.cp2k.CP2K",
+        executables=["cp2k_shell_that_is_not_installed"],
+        environment=["APAX_NO_SUCH_VARIABLE"],
+    )
+    with pytest.raises(LabellerError, match=r"cp2k_shell_that_is_not_installed.*APAX_NO_SUCH"):
+        cp2k.get_calculator()
+    with pytest.raises(LabellerError, match="cannot import"):
+        GenericLabeller("ase.calculators.nothing.Nothing").get_calculator()
+
+
+def test_xtb_labels_a_molecule_with_forces_equal_to_finite_differences():
+    pytest.importorskip("tblite", reason="the [xtb] extra (tblite) is not installed")
+    from apax_nodes.label import XTBLabeller, label
+
+    water = molecule("H2O")
+    water.positions[0] += [0.0, 0.05, 0.02]  # off equilibrium: forces of order 0.1-1 eV/A
+    calc = XTBLabeller().get_calculator()
+    out = label(water, calc)
+    forces, h = out.get_forces(), 1e-4
+    fd = np.zeros_like(forces)
+    for i in range(len(water)):
+        for x in range(3):
+            energies = []
+            for sign in (1, -1):
+                moved = water.copy()
+                moved.positions[i, x] += sign * h
+                energies.append(label(moved, calc).get_potential_energy())
+            fd[i, x] = -(energies[0] - energies[1]) / (2 * h)
+    assert np.abs(forces).max() > 0.05
+    np.testing.assert_allclose(forces, fd, atol=1e-4)
+    cation = water.copy()
+    cation.info["charge"], cation.info["multiplicity"] = 1, 2
+    assert label(cation, calc).get_potential_energy() > out.get_potential_energy() + 5.0  # ~IP
+
+
+def test_the_documented_slurm_cluster_is_a_valid_jobqueue_config():
+    """Constructed, never submitted (there is no SLURM here): its job script says what a
+    researcher would check before scaling it."""
+    pytest.importorskip("dask_jobqueue", reason="the [dask] extra is not installed")
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "example_project" / "slurm.py"
+    spec = importlib.util.spec_from_file_location("slurm_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cluster = module.slurm_cluster(queue="gpu", walltime="01:00:00")
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    for line in ("#SBATCH -p gpu", "#SBATCH -t 01:00:00", "#SBATCH --exclusive", "module load"):
+        assert line in script
+    assert "distributed.cli.dask_worker" in script or "dask worker" in script
