@@ -201,3 +201,16 @@ def test_named_loops_keep_their_stage_names_in_any_build_order(tmp_path):
     assert forward == backward
     assert {"cu_iter0_Train", "ag_iter1_Evaluate", "cu_iter0_Select"} <= forward
     assert not any(n.endswith("_1") for n in forward)
+
+
+def test_the_committed_default_loop_is_what_example_project_main_writes(tmp_path):
+    """`dvc repro` at the repository root runs dvc.yaml + params.yaml as committed: they must
+    be regenerated whenever a node's params change (a missing param fails the main job)."""
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    fresh = init_repo(tmp_path / "fresh")
+    sh(sys.executable, str(root / "example_project" / "main.py"), cwd=fresh)
+    for name in ("dvc.yaml", "params.yaml", "zntrack.json"):
+        assert (fresh / name).read_text() == (root / name).read_text(), name
