@@ -5,6 +5,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 
+def masked_pairs(dr_vec, pair_mask, dtype):
+    """Pair vectors (N, K, 3) in ``dtype`` and their lengths (N, K); padded slots get the
+    harmless vector (1, 1, 1), so that no NaN reaches a gradient (their weights are zero)."""
+    dr = jnp.where(pair_mask[..., None], dr_vec, 1.0).astype(dtype)
+    return dr, jnp.linalg.norm(dr, axis=-1)
+
+
 def cosine_cutoff(r, r_max):
     """0.5 (cos(pi r / r_max) + 1) inside r_max, 0 outside: continuous with a continuous slope."""
     return jnp.where(r < r_max, 0.5 * (jnp.cos(jnp.pi * r / r_max) + 1.0), 0.0)

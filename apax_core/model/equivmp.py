@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from apax_core.config import EquivMPConfig
-from apax_core.model.basis import bessel_basis, cosine_cutoff
+from apax_core.model.basis import bessel_basis, cosine_cutoff, masked_pairs
 
 
 def hidden_irreps(config: EquivMPConfig) -> e3nn.Irreps:
@@ -74,9 +74,7 @@ class EquivMP(nn.Module):
     @nn.compact
     def __call__(self, dr_vec, species, idx_j, pair_mask):
         cfg = self.config
-        # Padded slots get a harmless vector so that no NaN reaches the gradient.
-        dr = jnp.where(pair_mask[..., None], dr_vec, 1.0).astype(self.dtype)
-        r = jnp.linalg.norm(dr, axis=-1)  # (N, K)
+        dr, r = masked_pairs(dr_vec, pair_mask, self.dtype)
         sh_irreps = e3nn.Irreps([(1, (l, (-1) ** l)) for l in range(1, cfg.l_max + 1)])
         sh = e3nn.spherical_harmonics(sh_irreps, dr, normalize=True, normalization="component")
         onehot = jax.nn.one_hot(species, self.n_species, dtype=self.dtype)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from apax_core.config import GMNNConfig
-from apax_core.model.basis import bessel_basis, cosine_cutoff, gaussian_basis
+from apax_core.model.basis import bessel_basis, cosine_cutoff, gaussian_basis, masked_pairs
 
 
 def radial_basis(r, config: GMNNConfig):
@@ -149,9 +149,7 @@ class GaussianMoments(nn.Module):
     @nn.compact
     def __call__(self, dr_vec, species, idx_j, pair_mask):
         cfg = self.config
-        # Padded slots get a harmless unit vector so that no NaN reaches the gradient.
-        dr = jnp.where(pair_mask[..., None], dr_vec, 1.0).astype(self.dtype)
-        r = jnp.linalg.norm(dr, axis=-1)  # (N, K)
+        dr, r = masked_pairs(dr_vec, pair_mask, self.dtype)
         unit = dr / r[..., None]
 
         coeffs = self.param(
