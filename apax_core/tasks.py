@@ -12,6 +12,7 @@ back in input order whichever executor ran them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -120,22 +121,23 @@ def _dask(fn, todo: dict, config: DaskExecutor) -> Iterator[tuple[int, object]]:
     from distributed import Client, KilledWorker, LocalCluster
     from distributed import as_completed as dask_completed
 
-    with dask.config.set({"distributed.scheduler.allowed-failures": config.retries}):
-        cluster = None
-        if config.address is None:
-            cluster = LocalCluster(
-                n_workers=config.n_workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=None,
+    allowed = {"distributed.scheduler.allowed-failures": config.retries}
+    with dask.config.set(allowed), contextlib.ExitStack() as stack:
+        target = config.address
+        if target is None:  # closed with the stack, also when a task raises
+            target = stack.enter_context(
+                LocalCluster(
+                    n_workers=config.n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=None,
+                )
             )
-        with Client(config.address or cluster) as client:
-            futures = {client.submit(fn, item, pure=False): i for i, item in todo.items()}
-            for future in dask_completed(list(futures)):
-                try:
-                    result = future.result()
-                except KilledWorker as err:
-                    result = Lost(f"worker died: {err}")
-                yield futures[future], result
-        if cluster is not None:
-            cluster.close()
+        client = stack.enter_context(Client(target))
+        futures = {client.submit(fn, item, pure=False): i for i, item in todo.items()}
+        for future in dask_completed(list(futures)):
+            try:
+                result = future.result()
+            except KilledWorker as err:
+                result = Lost(f"worker died: {err}")
+            yield futures[future], result

@@ -194,7 +194,8 @@ class Label(zntrack.Node):
         self.labeller.get_calculator()  # a labeller that cannot work here fails before any work
         store = TaskStore(checkpoint_dir(self.name) / "labels")
         jobs = [(self.labeller, atoms) for atoms in self.data]
-        keys = [task_key(self.labeller, atoms) for atoms in self.data]
+        # the index too: two identical structures are two tasks with results of their own
+        keys = [f"{k}-{task_key(self.labeller, a)}" for k, a in enumerate(self.data)]
         results = run_tasks(label_task, jobs, keys, executor, store, desc=self.name)
         frames, failures = [], []
         for k, result in enumerate(results):

@@ -141,8 +141,10 @@ def test_labelling_failures_are_recorded(tmp_path):
     from apax_core.data import write_frames
 
     root = init_repo(tmp_path / "p")
-    # EMT has no parameters for Si: that structure fails, the copper ones are labelled.
-    write_frames(root / "mixed.extxyz", [bulk("Cu", cubic=True), bulk("Si"), bulk("Cu")])
+    # EMT has no parameters for Si: that structure fails, the copper ones are labelled (two
+    # identical ones: two tasks, two results).
+    cu = bulk("Cu", cubic=True)
+    write_frames(root / "mixed.extxyz", [cu, bulk("Si"), cu])
     with inside(root):
         project = zntrack.Project()
         with project:
