@@ -37,6 +37,10 @@ class LoopSettings:
     warm_train: dict | None = None
     """Training config of later iterations (warm start); default: ``train``."""
     md: dict = field(default_factory=dict)
+    n_walkers: int = 1
+    """MD walkers per iteration, cycling through the start structures (seeds differ)."""
+    md_executor: dict = field(default_factory=lambda: {"kind": "serial"})
+    """Where the walkers run (serial, processes or dask)."""
     n_select: int = 8
     val_fraction: float = 0.25
     """Share of each iteration's labelled frames that joins the validation set, on which every
@@ -48,6 +52,8 @@ class LoopSettings:
     def validate(self) -> None:
         if self.n_iterations < 1:
             raise ValueError(f"n_iterations must be at least 1, got {self.n_iterations}")
+        if self.n_walkers < 1:
+            raise ValueError(f"n_walkers must be at least 1, got {self.n_walkers}")
         if self.n_select < 1:
             raise ValueError(f"n_select must be at least 1, got {self.n_select}")
         if not 0.0 <= self.val_fraction < 1.0:
@@ -59,10 +65,11 @@ class LoopSettings:
                 raise ValueError(f"LoopSettings.{name}: {err}") from None
         md_config(self.md)
         selection_method(self.select_method)
-        try:
-            TypeAdapter(Executor).validate_python(self.label_executor)
-        except ValueError as err:
-            raise ValueError(f"LoopSettings.label_executor: {err}") from None
+        for name in ("label_executor", "md_executor"):
+            try:
+                TypeAdapter(Executor).validate_python(getattr(self, name))
+            except ValueError as err:
+                raise ValueError(f"LoopSettings.{name}: {err}") from None
 
 
 def build_loop(
@@ -115,7 +122,14 @@ def build_loop(
 
 def _sampling(settings: LoopSettings, i: int, train, dataset, start_structures, labeller):
     """MD with the iteration's model, selection, labelling and the grown dataset."""
-    md = MD(model=train, data=start_structures.frames, config=settings.md)
+    md = MD(
+        model=train,
+        data=start_structures.frames,
+        indices="all",
+        n_walkers=settings.n_walkers,
+        config=settings.md,
+        executor=settings.md_executor,
+    )
     select = Select(
         model=train,
         pool=md.frames,

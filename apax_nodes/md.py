@@ -2,22 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import ase
 import pandas as pd
 import zntrack
+from pydantic import TypeAdapter
 
-from apax_core.config import MDConfig
-from apax_core.md.checkpoint import CHECKPOINT
-from apax_core.md.io import trace
+from apax_core.config import Executor, MDConfig
+from apax_core.files import atomic_write
+from apax_core.md.io import STATUS, trace
 from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5
-from apax_nodes.model import require_apax_model
+from apax_nodes.model import local_model_dir, require_apax_model
 from apax_nodes.train import checkpoint_dir
 
-TRAJECTORY = "md.h5"
+TRAJECTORY, WALKERS = "md.h5", "walkers.json"
 
 
 def md_config(config: dict) -> MDConfig:
@@ -27,14 +29,20 @@ def md_config(config: dict) -> MDConfig:
 
 @one_line_errors
 class MD(zntrack.Node):
-    """MD of ``data[index]`` with ``model``; ``config`` is an apax_core MD spec (dynamics,
-    temperature schedule, UDD, stop checks). ``frames`` are the written frames; ``status``
-    says whether and why the run stopped early."""
+    """MD with ``model`` from ``data[indices]``: one walker per index (or ``n_walkers``,
+    cycling through the indices), seeded ``seed + walker``, run on ``executor``. ``config`` is an
+    apax_core MD spec (dynamics, temperature schedule, UDD, stop checks). ``frames`` are the
+    walkers' frames in walker order, tagged ``atoms.info["walker"]``; ``status`` says how many
+    walkers stopped early and why."""
 
     model: zntrack.Node = zntrack.deps()
     data: list[ase.Atoms] = zntrack.deps()
-    index: int = zntrack.params(-1)
+    indices: int | list[int] | str = zntrack.params(-1)
+    """Start structures: an index, a list of indices or "all"."""
+    n_walkers: int | None = zntrack.params(None)
     config: dict = zntrack.params(default_factory=dict)
+    executor: dict = zntrack.params(default_factory=lambda: {"kind": "serial"})
+    """Where the walkers run: serial, processes or dask (see apax_core.config.executor)."""
     md_dir: Path = zntrack.outs_path(zntrack.nwd / "md")
     status: dict = zntrack.metrics()
     temperature_trace: pd.DataFrame = zntrack.plots(x="time_fs", y="temperature")
@@ -46,24 +54,49 @@ class MD(zntrack.Node):
     def run(self) -> None:
         # Imported here: jax_md starts the XLA backend on import, and `zntrack run` forks (to
         # hash the stage) after importing the node module; a fork after that can deadlock.
-        from apax_core.md.engine import run_md
+        from apax_core.md.walkers import run_walkers, summary
 
         work = checkpoint_dir(self.name)  # survives `dvc repro` deleting md_dir before a rerun
         config = md_config(self.config)
-        result = run_md(
-            self.model.get_model(), self.data[self.index], config, work, traj_name=TRAJECTORY
+        executor = TypeAdapter(Executor).validate_python(self.executor)
+        walkers = run_walkers(
+            local_model_dir(self.model),
+            self.data,
+            config,
+            work,
+            executor,
+            indices=self.indices,
+            n_walkers=self.n_walkers,
         )
-        self.md_dir.mkdir(parents=True, exist_ok=True)
-        for item in work.iterdir():
-            if item.name != CHECKPOINT:
-                shutil.copy2(item, self.md_dir / item.name)
+        records = []
+        for walker, status in walkers:
+            out = self.md_dir / walker.name
+            out.mkdir(parents=True, exist_ok=True)
+            for name in (TRAJECTORY, STATUS):
+                if (work / walker.name / name).is_file():
+                    shutil.copy2(work / walker.name / name, out / name)
+            records.append(
+                {"walker": walker.number, "start": walker.start, "seed": walker.seed, **status}
+            )
+        atomic_write(self.md_dir / WALKERS, json.dumps(records, indent=2))
         shutil.rmtree(work)
-        self.status = {k: v for k, v in result.status.items() if v is not None}
-        frames = self.frames
-        columns = None if frames else ["time_fs", "temperature"]
-        self.temperature_trace = pd.DataFrame(trace(frames), columns=columns)
+        self.status = {k: v for k, v in summary([s for _, s in walkers]).items() if v is not None}
+        rows = [{**row, "walker": f.info["walker"]} for f in self.frames for row in trace([f])]
+        columns = None if rows else ["time_fs", "temperature", "walker"]
+        self.temperature_trace = pd.DataFrame(rows, columns=columns)
+
+    @property
+    def walkers(self) -> list[dict]:
+        """Per walker: number, start index, seed and its status (stopped, reason, n_frames...)."""
+        with self.state.fs.open((self.md_dir / WALKERS).as_posix()) as fh:
+            return json.load(fh)
 
     @property
     def frames(self) -> list[ase.Atoms]:
-        path = (self.md_dir / TRAJECTORY).as_posix()
-        return read_h5(self, path) if self.state.fs.exists(path) else []
+        frames = []
+        for record in self.walkers:
+            path = (self.md_dir / f"walker{record['walker']:03d}" / TRAJECTORY).as_posix()
+            for atoms in read_h5(self, path) if self.state.fs.exists(path) else []:
+                atoms.info["walker"] = record["walker"]
+                frames.append(atoms)
+        return frames

@@ -42,14 +42,23 @@ def iteration_row(i: int, train, evaluate, md=None, select=None, label=None) -> 
         "implausible": train.metrics.get("n_implausible"),
     }
     if md is not None:
-        status = md.status
-        verb = f"stopped ({status.get('reason')})" if status.get("stopped") else "ran"
-        row["md"] = f"{verb} {status.get('time_fs', 0.0):.0f} fs"
+        row["md"] = md_cell(md.status)
         picked = select.metrics
         row["selected"] = f"{picked['n_selected']}/{picked['n_selected'] + picked['shortfall']}"
         row["labelled"] = label.metrics["n_labelled"]
         row["failed"] = label.metrics["n_failed"]
     return row
+
+
+def md_cell(status: dict) -> str:
+    """``stopped (reason) 840 fs``; with several walkers ``2/4 stopped (reason) 3200 fs``
+    (the time summed over walkers)."""
+    n, k = status.get("n_walkers", 1), status.get("n_stopped", int(status.get("stopped", 0)))
+    if k:
+        verb = ("" if n == 1 else f"{k}/{n} ") + f"stopped ({status.get('reason')})"
+    else:
+        verb = "ran" if n == 1 else f"{n} ran"
+    return f"{verb} {status.get('time_fs', 0.0):.0f} fs"
 
 
 def format_table(rows: list[dict]) -> str:

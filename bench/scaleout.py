@@ -1,25 +1,36 @@
-"""Labelling on many workers: serial against a 2-worker process pool and a 2-worker dask
-LocalCluster, with EMT (a cheap labeller: overhead-bound) and GFN2-xTB (a real one).
+"""Scale-out on this machine: labelling, MD walkers and data-parallel training.
 
-    python bench/scaleout.py [--n 200] [--xtb-molecule C60]
+    python bench/scaleout.py [--parts labelling,md,training] [--n 200] [--xtb-molecule C60]
 
-EMT labels rattled 107-atom fcc Cu cells; xTB labels rattled copies of a molecule. Each
-executor runs the same structures from an empty result store, so every task is computed;
-the cluster start (pool spawn, LocalCluster) is timed separately from the labelling. What a
-2-core machine can show: at most 2x, and less where the task is cheap against the per-task
-cost of pickling, scheduling and storing a result.
+- labelling: serial against a 2-worker process pool and a 2-worker dask LocalCluster, with
+  EMT (rattled 107-atom fcc Cu cells; a cheap labeller, overhead-bound) and GFN2-xTB (rattled
+  copies of a molecule; a real one). Every executor starts from an empty result store.
+- md: 4 walkers of the default loop's 107-atom cell (the default loop's shallow GMNN, random
+  weights, Langevin at 300 K): serial, on 2 processes, on a 2-worker dask cluster, and as 4
+  replicas vmapped into one jitted program. Wall time includes start-up and compilation.
+- training: epoch time of the reference GMNN on 128 cu_bulk structures, on 1 and on 2
+  simulated CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=2, fresh processes).
+
+What a 2-core machine can show: at most 2x from two workers, less where a task is cheap
+against the per-task cost of starting, pickling, scheduling and storing. Two simulated devices
+share the same two cores, so their epoch time shows the overhead of sharding, not a speed-up.
+Results of the parts run are merged into bench/results/scaleout.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from ase.build import bulk, molecule
-from common import table, write_result
+from common import RESULTS, table, write_result
 from pydantic import TypeAdapter
 
 from apax_core.config import Executor
@@ -62,13 +73,7 @@ def timed(labeller, frames, executor: dict, root: Path) -> float:
     return elapsed
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--n", type=int, default=200, help="structures per labeller")
-    p.add_argument("--xtb-molecule", default="C60", help="an ase.build.molecule name")
-    p.add_argument("--out", default="scaleout")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
+def labelling(args) -> tuple[list[dict], dict]:
     cases = {
         "emt": (EMTLabeller(), structures("emt", args.n)),
         "xtb": (XTBLabeller(), structures(args.xtb_molecule, args.n)),
@@ -90,9 +95,64 @@ def main() -> None:
                 }
                 rows.append(row)
             results[name] = {"n": len(frames), "seconds": times, "serial_s_per_task": serial_task}
-    print(table(rows, list(rows[0])))
-    print("overhead: wall time beyond a perfect 2-way split of the serial time, per task")
-    print(f"wrote {write_result(args.out, {'labelling': results})}")
+    return rows, results
+
+
+def md_walkers(args) -> tuple[list[dict], dict]:
+    from scaleout_parts import N_WALKERS, walkers_timed
+
+    times = walkers_timed(args.md_steps)
+    rows = [
+        {
+            "walkers": N_WALKERS,
+            "how": k,
+            "s": v["s"],
+            "speed-up": times["serial"]["s"] / v["s"],
+            "us/atom/step": v["us_per_atom_step"],
+        }
+        for k, v in times.items()
+    ]
+    return rows, {"n_walkers": N_WALKERS, "steps": args.md_steps, "runs": times}
+
+
+def training(args) -> tuple[list[dict], dict]:
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    results = {}
+    for n in (1, 2):
+        command = [
+            sys.executable,
+            str(Path(__file__).parent / "scaleout_parts.py"),
+            "train",
+            str(n),
+            str(args.epochs),
+        ]
+        out = subprocess.run(command, env=env, check=True, capture_output=True, text=True)
+        results[f"{n}_device"] = json.loads(out.stdout.strip().splitlines()[-1])
+    one = results["1_device"]["epoch_s"]
+    rows = [{"devices": k, **v, "ratio": v["epoch_s"] / one} for k, v in results.items()]
+    return rows, results
+
+
+PARTS = {"labelling": labelling, "md": md_walkers, "training": training}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--parts", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS))
+    p.add_argument("--n", type=int, default=200, help="structures per labeller")
+    p.add_argument("--xtb-molecule", default="C60", help="an ase.build.molecule name")
+    p.add_argument("--md-steps", type=int, default=2000, help="MD steps per walker")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs per device count")
+    p.add_argument("--out", default="scaleout")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    path = RESULTS / f"{args.out}.json"
+    merged = json.loads(path.read_text()) if path.is_file() else {}
+    merged.pop("machine", None)
+    for part in args.parts.split(","):
+        rows, merged[part] = PARTS[part](args)
+        print(f"{part}:\n{table(rows, list(rows[0]))}\n")
+    print(f"wrote {write_result(args.out, merged)}")
 
 
 if __name__ == "__main__":

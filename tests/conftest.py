@@ -18,7 +18,7 @@ from pydantic import TypeAdapter
 from apax_core.config import ModelConfig, TrainConfig, TrainRun
 from apax_core.data import write_frames
 from apax_core.model import ModelStatistics, build_model, init_params
-from apax_core.model_dir import Model
+from apax_core.model_dir import Model, save_config, save_params, save_stats
 from apax_core.precision import x64
 from apax_core.train.trainer import train_run
 
@@ -45,6 +45,15 @@ def make_model(elements=(29, 47), seed=0, kind="gmnn", **overrides) -> Model:
     with x64():
         params = init_params(build_model(config, stats), jax.random.PRNGKey(seed))
     return Model(config, stats, params)
+
+
+def save_model_dir(directory: Path, model: Model) -> Path:
+    """``model`` written as a model directory (what training writes), for the file-based APIs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_config(directory, TrainConfig(n_epochs=1, model=model.config))
+    save_stats(directory, model.stats)
+    save_params(directory, model.params)
+    return directory
 
 
 @pytest.fixture(scope="session")

@@ -6,22 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from ase.build import bulk
-from conftest import emt_frames
+from conftest import emt_frames, save_model_dir
 
 from apax_core.cli import main
-from apax_core.config import TrainConfig
 from apax_core.data import write_frames
-from apax_core.model_dir import save_config, save_params, save_stats
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, cuag_model):
     root = tmp_path_factory.mktemp("cli")
-    model = root / "model"
-    model.mkdir()
-    save_config(model, TrainConfig(n_epochs=1, model=cuag_model.config))
-    save_stats(model, cuag_model.stats)
-    save_params(model, cuag_model.params)
+    save_model_dir(root / "model", cuag_model)
     write_frames(root / "cu.extxyz", emt_frames(2, seed=1))
     gold = bulk("Au", "fcc", a=4.08, cubic=True).repeat(3)
     write_frames(root / "gold.extxyz", [gold])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from ase import units
 from ase.build import bulk
-from conftest import make_model
+from conftest import make_model, save_model_dir
 from jax_md import space
 from pydantic import ValidationError
 
@@ -474,8 +474,7 @@ def test_reason_codes():
 
 def test_cli_template_and_md(cuag_model, tmp_path, capsys):
     from apax_core.cli import main
-    from apax_core.config import MDRun, TrainConfig, load_job
-    from apax_core.model_dir import save_config, save_params, save_stats
+    from apax_core.config import MDRun, load_job
 
     for extra in ([], ["--full"]):
         assert main(["template", "md", *extra]) == 0
@@ -483,11 +482,7 @@ def test_cli_template_and_md(cuag_model, tmp_path, capsys):
         spec, run = load_job(tmp_path / "md.yaml", MDConfig, MDRun)
         assert isinstance(spec, MDConfig) and run.structure.name == "start.extxyz"
         validate(spec.checks, 1, spec.force_uncertainty)  # a single model (train template) runs it
-    model_dir = tmp_path / "model"
-    model_dir.mkdir()
-    save_config(model_dir, TrainConfig(n_epochs=1, model=cuag_model.config))
-    save_stats(model_dir, cuag_model.stats)
-    save_params(model_dir, cuag_model.params)
+    model_dir = save_model_dir(tmp_path / "model", cuag_model)
     ase.io.write(tmp_path / "start.extxyz", cu108())
     (tmp_path / "md.yaml").write_text(
         "dynamics: {kind: langevin}\nduration: 20\ndt: 2\nn_inner: 10\nsampling_rate: 5\n"

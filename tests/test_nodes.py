@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 import zntrack
 from conftest import TINY
 
@@ -51,34 +49,6 @@ def repro(path: Path) -> str:
     return sh("dvc", "repro", cwd=path)
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """Two iterations: seed data -> Train -> Evaluate, then Dataset -> warm-started Train."""
-    root = init_repo(tmp_path_factory.mktemp("repo") / "project")
-    with inside(root):
-        project = zntrack.Project()
-        with project.group("data"):
-            crystal = an.BuildBulk(element="Cu", repeat=[2, 2, 2], vacancies=1)
-            boot = an.Bootstrap(data=crystal.frames, n=12, rattle=0.08, seed=0)
-            labelled = an.Label(data=boot.frames, labeller=an.EMTLabeller())
-            split = an.Split(data=labelled.frames, fractions=[0.75, 0.25, 0.0])
-            more = an.Bootstrap(data=crystal.frames, n=6, rattle=0.12, seed=1, name="More")
-            more_labelled = an.Label(data=more.frames, labeller=an.EMTLabeller(), name="MoreLabel")
-        with project.group("iter0"):
-            train0 = an.Train(data=split.frames, validation_data=split.val_frames, config=TRAIN)
-            an.Evaluate(model=train0, data=more_labelled.frames)
-        with project.group("iter1"):
-            dataset = an.Dataset(previous=split, new=more_labelled.frames)
-            warm = {**TRAIN, "warm_start": {"freeze": ["radial"]}}
-            an.Train(
-                data=dataset.frames, validation_data=split.val_frames, model=train0, config=warm
-            )
-        build(project)
-        repro(root)
-        commit(root, "two iterations")
-    return root
-
-
 @contextlib.contextmanager
 def inside(path: Path):
     """Nodes loaded with from_rev read lazily, relative to the working directory."""
@@ -88,51 +58,6 @@ def inside(path: Path):
         yield
     finally:
         os.chdir(cwd)
-
-
-def test_second_train_starts_from_the_first(repo):
-    with inside(repo):
-        first, second = zntrack.from_rev("iter0_Train"), zntrack.from_rev("iter1_Train")
-        a, b = first.get_model(), second.get_model()
-        n_first, n_second = first.metrics["n_train"], second.metrics["n_train"]
-        n_dataset = len(zntrack.from_rev("iter1_Dataset").frames)
-    coeffs = ("representation", "radial_coeffs")
-    # Radial coefficients frozen in the warm start: bit-identical to the first model's ...
-    assert np.array_equal(a.params[coeffs[0]][coeffs[1]], b.params[coeffs[0]][coeffs[1]])
-    # ... while the readout continued training, on the grown dataset.
-    assert not np.array_equal(
-        a.params["readout"]["dense_1"]["kernel"], b.params["readout"]["dense_1"]["kernel"]
-    )
-    assert n_second == n_first + 6 and n_dataset == 9 + 6
-
-
-def test_model_nodes_answer_the_mlipx_protocol(repo):
-    with inside(repo):
-        node = zntrack.from_rev("iter0_Train")
-        assert node.available  # the engine imports here
-        assert node.get_spec() is None  # the labeller's method is not recorded
-        atoms = zntrack.from_rev("data_MoreLabel").frames[0]
-        atoms.calc = node.get_calculator()
-        assert np.isfinite(atoms.get_potential_energy())
-        assert node.metrics["n_implausible"] == 0  # rattled EMT cells are all plausible
-
-
-def test_metrics_show_lists_results_not_node_meta(repo):
-    shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=repo))
-    files = {f for rev in shown.values() for f in rev["data"]}
-    assert files and not any("node-meta" in f for f in files)
-    assert any(f.endswith("iter0/Evaluate/metrics.json") for f in files)
-    with inside(repo):
-        assert zntrack.from_rev("iter0_Evaluate").metrics["forces_mae"] > 0
-    assert (repo / "nodes/iter0/Evaluate/plots/force_parity.png").is_file()
-
-
-def test_dvc_yaml_grows_by_one_dataset_dependency_per_iteration(repo):
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    deps = stages["iter1_Train"]["deps"]
-    assert not any("data/Label/" in d for d in deps)  # only through the Dataset node
-    assert any("iter1/Dataset/frames.h5" in d for d in deps)
-    assert any("iter0/Train/model" in d for d in deps)  # the warm start
 
 
 def test_labelling_failures_are_recorded(tmp_path):

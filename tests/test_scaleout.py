@@ -1,7 +1,8 @@
-"""Labelling on many workers: serial, a process pool and a dask LocalCluster give the same
-frames in input order; a killed worker's task is retried; a rerun after a crash computes only
-what is missing; GFN2-xTB through tblite labels a molecule with forces equal to finite
-differences of its energy."""
+"""Labelling and MD on many workers: serial, a process pool and a dask LocalCluster give the
+same frames in input order; a killed worker's task is retried; a rerun after a crash computes
+only what is missing; MD walkers are seeded per walker and identical on every executor;
+GFN2-xTB through tblite labels a molecule with forces equal to finite differences of its
+energy."""
 
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
+from conftest import save_model_dir
 from pydantic import TypeAdapter
+from test_md import cu108
 from workers import always_die, die_once
 
-from apax_core.config import Executor
+from apax_core.config import Executor, MDConfig
+from apax_core.md import read_trajectory
+from apax_core.md.walkers import plan_walkers, run_walkers
 from apax_core.tasks import Lost, TaskStore, run_tasks
 from apax_nodes.label import EMTLabeller, GenericLabeller, LabellerError, label_task, task_key
 
@@ -86,6 +91,57 @@ def test_a_rerun_after_a_crash_computes_only_what_is_missing(tmp_path):
         i * i for i in items
     ]
     assert int(counter.read_text()) == 8  # 5 before the crash + the 3 missing
+
+
+TIMING = {"us_per_atom_step": None}
+WALKER_MD = MDConfig(
+    dynamics={"kind": "langevin", "friction": 0.05},
+    temperature={"kind": "constant", "T": 600.0},
+    dt=2.0,
+    duration=40.0,
+    n_inner=10,
+    sampling_rate=5,
+    skin=0.5,
+    seed=7,
+)
+
+
+def test_md_walkers_are_seeded_per_walker_and_the_same_on_every_executor(cuag_model, tmp_path):
+    model_dir = save_model_dir(tmp_path / "model", cuag_model)
+    rattled = cu108()
+    rattled.rattle(0.05, seed=3)
+    starts = [cu108(), rattled]  # one cell: the walkers share one compiled engine
+    serial = run_walkers(model_dir, starts, WALKER_MD, tmp_path / "s", indices="all", n_walkers=3)
+    assert [(w.start, w.seed) for w, _ in serial] == [(0, 7), (1, 8), (0, 9)]
+    trajectories = [read_trajectory(tmp_path / "s" / w.name / "md.h5") for w, _ in serial]
+    assert [len(t) for t in trajectories] == [4, 4, 4]
+    assert not any(status["stopped"] for _, status in serial)
+    shift = trajectories[1][0].positions - rattled.positions
+    shift -= rattled.cell[0, 0] * np.round(shift / rattled.cell[0, 0])  # minimum image (cubic)
+    assert np.abs(shift).max() < 0.1  # walker 1 started from its own structure
+    # walkers 0 and 2 start from the same structure; their seeds make them differ
+    assert not np.allclose(trajectories[0][-1].positions, trajectories[2][-1].positions)
+    stamps = [(tmp_path / "s" / w.name / "md.h5").stat().st_mtime_ns for w, _ in serial]
+    again = run_walkers(model_dir, starts, WALKER_MD, tmp_path / "s", indices="all", n_walkers=3)
+    assert again == serial  # a finished walker is stored, not rerun
+    assert stamps == [(tmp_path / "s" / w.name / "md.h5").stat().st_mtime_ns for w, _ in serial]
+    pool = executor({"kind": "processes", "n_workers": 2})
+    pooled = run_walkers(
+        model_dir, starts, WALKER_MD, tmp_path / "p", pool, indices="all", n_walkers=3
+    )
+    for (w, status), mine in zip(pooled, trajectories, strict=True):
+        theirs = read_trajectory(tmp_path / "p" / w.name / "md.h5")
+        assert [s for _, s in serial][w.number] | TIMING == status | TIMING
+        for a, b in zip(theirs, mine, strict=True):
+            np.testing.assert_allclose(a.positions, b.positions, rtol=0, atol=1e-10)
+
+
+def test_walker_indices_are_checked_before_any_walker_runs():
+    assert [w.start for w in plan_walkers(3, -1, 2, 0)] == [2, 2]
+    with pytest.raises(IndexError, match=r"indices: \[5\] out of range for 3"):
+        plan_walkers(3, [0, 5], None, 0)
+    with pytest.raises(ValueError, match="n_walkers must be at least 1"):
+        plan_walkers(3, "all", 0, 0)
 
 
 def test_a_labeller_that_cannot_work_fails_before_the_first_structure(monkeypatch):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 from ase.build import bulk
-from conftest import make_model
+from conftest import make_model, save_model_dir
 from pydantic import TypeAdapter
 
 from apax_core import cli
@@ -22,10 +22,9 @@ from apax_core.config import (
     PadBinned,
     RandomSelection,
     SelectionMethod,
-    TrainConfig,
 )
 from apax_core.data import DataError, Dataset, from_atoms, write_frames
-from apax_core.model_dir import Model, save_config, save_params, save_stats
+from apax_core.model_dir import Model
 from apax_core.precision import x64
 from apax_core.select import (
     compute_features,
@@ -372,10 +371,7 @@ def test_diagnostics_files(cu_model, cu_cells, tmp_path):
 
 
 def test_cli_select(cu_model, tmp_path):
-    model_dir = tmp_path / "model"
-    save_config(model_dir, TrainConfig(n_epochs=1, model=cu_model.config))
-    save_stats(model_dir, cu_model.stats)
-    save_params(model_dir, cu_model.params)
+    model_dir = save_model_dir(tmp_path / "model", cu_model)
     write_frames(tmp_path / "train.extxyz", cells(3, seed=1))
     pool = cells(8, seed=2)
     write_frames(tmp_path / "pool.extxyz", pool)

@@ -236,12 +236,35 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data_files, tmp_path):
     assert max(jax.tree.leaves(diffs)) < 1e-5
 
 
+def test_data_parallel_training_on_two_devices_equals_one_device(data_files, tmp_path):
+    """Two simulated CPU devices (a fresh process: the device count is fixed at JAX start-up),
+    each with half of every batch, follow the single-device loss trajectory."""
+    one = tiny_config(tmp_path / "one", data_files, n_epochs=3)
+    one.run()
+    two = tiny_config(tmp_path / "two", data_files, n_epochs=3, n_devices=2)
+    (tmp_path / "two.yaml").write_text(yaml.safe_dump(two.yaml_dict()))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    done = run_cli("train", str(tmp_path / "two.yaml"), env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for a, b in zip(read_log(tmp_path / "two"), read_log(tmp_path / "one"), strict=True):
+        for key in ("train_loss", "val_loss", "val_forces_mae"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6), key
+    with pytest.raises(ValueError, match="n_devices: 2 requested, 1 cpu device"):
+        two.run()  # this process has one device
+    with pytest.raises(ValueError, match=r"data.batch_size \(3\) must be divisible by n_dev"):
+        tiny_config(tmp_path / "odd", data_files, n_devices=2, data={"batch_size": 3})
+
+
 # ------------------------------------------------------------------------------------- CLI
 
 
-def run_cli(*args, cwd=None):
+def run_cli(*args, cwd=None, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "apax_core.cli", *args], capture_output=True, text=True, cwd=cwd
+        [sys.executable, "-m", "apax_core.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
     )
 
 

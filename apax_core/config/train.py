@@ -326,6 +326,20 @@ class TrainConfig(Strict):
     calibrate: bool = True
     """Ensembles: after training, fit the NLL calibration of the spreads on the validation
     structures and store it with the model (every consumer then reports calibrated spreads)."""
+    n_devices: PositiveInt = 1
+    """Data-parallel training on this many local devices: each batch is split over them, the
+    parameters are replicated. Batch sizes must be divisible by it."""
+
+    @model_validator(mode="after")
+    def _batches_split_evenly(self) -> TrainConfig:
+        for name in ("batch_size", "val_batch_size"):
+            size = getattr(self.data, name)
+            if size % self.n_devices:
+                raise ValueError(
+                    f"data.{name} ({size}) must be divisible by n_devices ({self.n_devices}): "
+                    "each device gets an equal share of every batch"
+                )
+        return self
 
     @model_validator(mode="after")
     def _probabilistic_needs_ensemble(self) -> TrainConfig:

@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 FINGERPRINT_EXCLUDE = {"duration"}
 """Settings a restarted run may change; every other one must match the checkpoint."""
+ENGINE_EXCLUDE = FINGERPRINT_EXCLUDE | {"seed"}
+"""Settings the compiled engine does not depend on (walkers differ only in the seed)."""
 TRAJECTORY = "md.h5"
 
 
@@ -235,10 +237,10 @@ _ENGINES: dict[tuple, Engine] = {}
 _MAX_ENGINES = 4
 
 
-def fingerprint(config: MDConfig, atoms: ase.Atoms) -> dict:
-    """The settings and system a checkpoint belongs to."""
+def fingerprint(config: MDConfig, atoms: ase.Atoms, exclude=FINGERPRINT_EXCLUDE) -> dict:
+    """The settings and system a checkpoint (or, excluding the seed, an engine) belongs to."""
     return {
-        "config": config.model_dump(mode="json", exclude=FINGERPRINT_EXCLUDE),
+        "config": config.model_dump(mode="json", exclude=exclude),
         "numbers": atoms.numbers.tolist(),
         "cell": np.round(atoms.cell.array, 10).tolist(),
     }
@@ -248,7 +250,7 @@ def engine_for(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: bool)
     """A cached engine for the same model object, system and settings (reuses compilations)."""
     key = (
         id(model),
-        json.dumps(fingerprint(config, atoms), sort_keys=True),
+        json.dumps(fingerprint(config, atoms, ENGINE_EXCLUDE), sort_keys=True),
         np.asarray(atoms.get_masses()).tobytes(),
     )
     engine = _ENGINES.get(key)
@@ -263,7 +265,7 @@ def engine_for(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: bool)
 # -------------------------------------------------------------------------------------- run
 
 
-def _validate(model: Model, atoms: ase.Atoms, config: MDConfig) -> bool:
+def validate(model: Model, atoms: ase.Atoms, config: MDConfig) -> bool:
     """Every input check that can fail, before any compilation; returns periodicity."""
     if len(atoms) == 0:
         raise ValueError("the initial structure has no atoms")
@@ -301,7 +303,7 @@ def _resume(engine: Engine, config: MDConfig, params, saved: ckpt.Checkpoint):
     return ckpt.restore_state(template, saved.state_leaves), nbrs
 
 
-def _run_id(config: MDConfig, atoms: ase.Atoms, model: Model) -> dict:
+def run_identity(config: MDConfig, atoms: ase.Atoms, model: Model) -> dict:
     """What a checkpoint must match to be continued: settings, system, starting point and the
     model (its parameters and calibration), so a retrained model starts afresh."""
     start = np.concatenate([atoms.positions.ravel(), atoms.get_momenta().ravel()])
@@ -348,10 +350,10 @@ def run_md(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    periodic = _validate(model, atoms, config)
+    periodic = validate(model, atoms, config)
     atoms = standard_frame(atoms) if periodic else atoms.copy()
     traj = directory / traj_name
-    run_id = json.loads(json.dumps(_run_id(config, atoms, model)))
+    run_id = json.loads(json.dumps(run_identity(config, atoms, model)))
     with x64():
         engine = engine_for(model, atoms, config, periodic)
         params = jax.device_put(model.params)

@@ -33,6 +33,7 @@ from apax_core.train.data import Source, TrainingData, load_training_data
 from apax_core.train.losses import total_loss
 from apax_core.train.metrics import accumulate, error_sums, finalize
 from apax_core.train.optim import lr_schedule, make_optimizer
+from apax_core.train.parallel import Placement, placement
 from apax_core.train.state import TrainState, load_checkpoint, save_checkpoint
 from apax_core.train.warm_start import warm_start_params
 from apax_core.transforms import CALIBRATION, batched
@@ -80,13 +81,15 @@ def _n_real(batch) -> int:
     return int(np.sum(batch.n_atoms > 0))
 
 
-def evaluate_loss(eval_step, params, data: Dataset, config: TrainConfig) -> dict[str, float]:
+def evaluate_loss(
+    eval_step, params, data: Dataset, config: TrainConfig, place=lambda batch: batch
+) -> dict[str, float]:
     """Validation loss (mean over structures) and metrics with ``params``."""
     total, loss_sum, n = None, 0.0, 0
     for batch in data.batches(
         config.data.val_batch_size, config.data.padding, shuffle=False, seed=0
     ):
-        loss, sums = eval_step(params, batch)
+        loss, sums = eval_step(params, place(batch))
         k = _n_real(batch)
         loss_sum, n = loss_sum + float(loss) * k, n + k
         total = accumulate(total, sums)
@@ -114,6 +117,7 @@ class Setup:
     eval_step: Any
     schedule: Any
     steps_per_epoch: int
+    place: Placement
 
 
 SCREENING = "screening.json"
@@ -146,7 +150,7 @@ def train(
     _write_inputs(directory, config, data)
     if resumed is not None:
         log.info("resuming %s after epoch %d", directory, resumed.epoch)
-        state = resumed
+        state = setup.place.replicate(resumed)
         _restore_outputs(directory, state)
     bar = tqdm(
         range(state.epoch, config.n_epochs),
@@ -228,6 +232,7 @@ def _eval_params(config: TrainConfig, state: TrainState):
 
 def _setup(config: TrainConfig, data: TrainingData) -> tuple[Setup, TrainState]:
     """Datasets, the (warm-started) initial state, optimiser and jitted steps."""
+    place = placement(config.n_devices)
     train_ds = Dataset(data.train, config.model.r_max)
     val_ds = Dataset(data.val, config.model.r_max)
     model = Model(config.model, data.stats, None)
@@ -242,8 +247,9 @@ def _setup(config: TrainConfig, data: TrainingData) -> tuple[Setup, TrainState]:
     tx = make_optimizer(config.optimizer, schedule, frozen)
     labels = tuple(sorted({t.quantity for t in config.loss} | set(config.data.labels)))
     train_step, eval_step = make_steps(model, config, tx, labels)
-    setup = Setup(config, train_ds, val_ds, train_step, eval_step, schedule, steps)
-    return setup, TrainState(params=params, opt_state=tx.init(params), ema=params, best=params)
+    setup = Setup(config, train_ds, val_ds, train_step, eval_step, schedule, steps, place)
+    state = TrainState(params=params, opt_state=tx.init(params), ema=params, best=params)
+    return setup, place.replicate(state)
 
 
 def _epoch(setup: Setup, state: TrainState, epoch: int) -> tuple[TrainState, dict]:
@@ -260,7 +266,7 @@ def _epoch(setup: Setup, state: TrainState, epoch: int) -> tuple[TrainState, dic
         seed=config.data.shuffle_seed,
         epoch=epoch,
     )
-    for batch in prefetch(batches, config.data.prefetch):
+    for batch in prefetch(map(setup.place.batch, batches), config.data.prefetch):
         p, o, e, loss, sums = setup.train_step(p, o, e, decay, batch)
         k = _n_real(batch)
         loss_sum, n = loss_sum + float(loss) * k, n + k
@@ -270,7 +276,9 @@ def _epoch(setup: Setup, state: TrainState, epoch: int) -> tuple[TrainState, dic
     row = {
         "epoch": epoch + 1,
         "train_loss": loss_sum / max(n, 1),
-        **evaluate_loss(setup.eval_step, _eval_params(config, state), setup.val, config),
+        **evaluate_loss(
+            setup.eval_step, _eval_params(config, state), setup.val, config, setup.place.batch
+        ),
         **finalize(total, "train_"),
         "lr_nn": config.optimizer.learning_rates.nn * float(setup.schedule(last_step)),
         "epoch_s": time.perf_counter() - start,

@@ -1,0 +1,150 @@
+"""Many MD walkers: one trajectory per walker, each from a start structure with its own seed,
+run as independent tasks on an executor (:mod:`apax_core.tasks`).
+
+Walker ``k`` starts from ``structures[indices[k % len(indices)]]`` with seed ``config.seed + k``,
+in ``directory/walker{k:03d}``. A walker that finished is stored and never rerun; one that was
+interrupted continues from its own checkpoint (``run_md``'s restart), so a rerun after a crash
+computes only what is missing, whichever executor ran it.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import ase
+
+from apax_core.config import Executor, Serial
+from apax_core.config.md import MDConfig
+from apax_core.model_dir import load_model
+from apax_core.tasks import Lost, TaskStore, run_tasks
+
+Indices = int | list[int] | Literal["all"]
+
+
+@dataclass(frozen=True)
+class Walker:
+    number: int
+    start: int
+    """Index of the start structure."""
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"walker{self.number:03d}"
+
+
+def plan_walkers(n_structures: int, indices: Indices, n_walkers: int | None, seed: int):
+    """The walkers: ``indices`` (one, a list, or "all") cycled to ``n_walkers`` (default: one
+    walker per index), seeds ``seed + k``. Indices may be negative (from the end)."""
+    chosen = (
+        list(range(n_structures))
+        if indices == "all"
+        else [indices]
+        if isinstance(indices, int)
+        else list(indices)
+    )
+    if not chosen:
+        raise ValueError("indices: no start structure chosen")
+    bad = [i for i in chosen if not -n_structures <= i < n_structures]
+    if bad:
+        raise IndexError(f"indices: {bad} out of range for {n_structures} start structures")
+    n = len(chosen) if n_walkers is None else n_walkers
+    if n < 1:
+        raise ValueError(f"n_walkers must be at least 1, got {n}")
+    return [Walker(k, chosen[k % len(chosen)] % n_structures, seed + k) for k in range(n)]
+
+
+@dataclass(frozen=True)
+class WalkerJob:
+    """Everything a worker needs (picklable): the model as a directory, not as arrays."""
+
+    model_dir: str
+    atoms: ase.Atoms
+    config: MDConfig
+    directory: str
+    progress_bar: bool
+
+
+@functools.lru_cache(maxsize=2)
+def _model(path: str, stamp: tuple):
+    """One loaded model per directory and content stamp in a worker process: walkers of the
+    same system then share one compiled engine."""
+    return load_model(path)
+
+
+def _stamp(path: Path) -> tuple:
+    return tuple(sorted((f.name, f.stat().st_mtime_ns) for f in path.iterdir() if f.is_file()))
+
+
+def walker_task(job: WalkerJob) -> dict:
+    """Run (or continue) one walker; its status plus the steady cost in us/atom/step."""
+    from apax_core.md.engine import run_md
+
+    model = _model(job.model_dir, _stamp(Path(job.model_dir)))
+    result = run_md(model, job.atoms, job.config, job.directory, progress_bar=job.progress_bar)
+    return {**result.status, "us_per_atom_step": result.timing["us_per_atom_step"]}
+
+
+def run_walkers(
+    model_dir: str | Path,
+    structures: list[ase.Atoms],
+    config: MDConfig,
+    directory: str | Path,
+    executor: Executor | None = None,
+    *,
+    indices: Indices = -1,
+    n_walkers: int | None = None,
+) -> list[tuple[Walker, dict]]:
+    """Every walker's status (a lost walker: ``stopped`` with reason ``lost: ...``), in walker
+    order; trajectories are in ``directory/<walker.name>/md.h5``. Every walker's input is
+    checked before the first one starts."""
+    from apax_core.md.engine import run_identity, validate
+
+    directory, model_dir = Path(directory), Path(model_dir).resolve()
+    executor = executor or Serial()
+    walkers = plan_walkers(len(structures), indices, n_walkers, config.seed)
+    model = _model(str(model_dir), _stamp(model_dir))
+    jobs, keys = [], []
+    for w in walkers:
+        atoms, spec = structures[w.start], config.model_copy(update={"seed": w.seed})
+        validate(model, atoms, spec)
+        identity = json.dumps(run_identity(spec, atoms, model), sort_keys=True)
+        keys.append(f"{w.name}-{hashlib.sha256(identity.encode()).hexdigest()[:24]}")
+        show = isinstance(executor, Serial) and len(walkers) == 1
+        jobs.append(WalkerJob(str(model_dir), atoms, spec, str(directory / w.name), show))
+    results = run_tasks(walker_task, jobs, keys, executor, TaskStore(directory / "done"), "md")
+    return [
+        (w, _lost(r) if isinstance(r, Lost) else r) for w, r in zip(walkers, results, strict=True)
+    ]
+
+
+def _lost(result: Lost) -> dict:
+    return {
+        "stopped": True,
+        "reason": f"lost: {result.error}",
+        "step": 0,
+        "time_fs": 0.0,
+        "n_frames": 0,
+    }
+
+
+def summary(statuses: list[dict]) -> dict:
+    """The status of a set of walkers: how many stopped early and why, the total frames and
+    simulated time; ``stopped``/``reason`` say whether any stopped and the commonest reason."""
+    reasons = Counter(s["reason"] for s in statuses if s["stopped"])
+    return {
+        "n_walkers": len(statuses),
+        "n_stopped": sum(reasons.values()),
+        "stopped": bool(reasons),
+        "reason": reasons.most_common(1)[0][0] if reasons else None,
+        "reasons": dict(reasons),
+        "n_frames": sum(s["n_frames"] for s in statuses),
+        "time_fs": sum(s["time_fs"] for s in statuses),
+        "step": max(s["step"] for s in statuses),
+    }
