@@ -50,7 +50,8 @@ def dense_pairs(atoms):
 
 
 class E3xMP(nn.Module):
-    """The same architecture with e3x: features (N, 2, (L+1)^2, C)."""
+    """The same architecture with e3x: features (N, 1, (L+1)^2, C), no pseudotensors (the
+    parities e3nn's 0e + 1o + 2e have)."""
 
     @nn.compact
     def __call__(self, dr_vec, species, idx_j, pair_mask):
@@ -64,10 +65,12 @@ class E3xMP(nn.Module):
         for _ in range(LAYERS):
             x_j = x[idx_j]  # (N, K, P, D, C)
             w = nn.Dense(CHANNELS)(nn.silu(nn.Dense(32)(radial))) * envelope  # (N, K, C)
-            y = e3x.nn.Tensor(max_degree=L_MAX)(x_j, sh[:, :, None, :, None] * w[:, :, None, None])
+            y = e3x.nn.Tensor(max_degree=L_MAX, include_pseudotensors=False)(
+                x_j, sh[:, :, None, :, None] * w[:, :, None, None]
+            )
             m = jnp.sum(y, axis=1) / jnp.sqrt(30.0)
             x = e3x.nn.Dense(CHANNELS)(m) + e3x.nn.Dense(CHANNELS)(
-                e3x.nn.change_max_degree_or_type(x, max_degree=L_MAX, include_pseudotensors=True)
+                e3x.nn.change_max_degree_or_type(x, max_degree=L_MAX, include_pseudotensors=False)
             )
             x = e3x.nn.silu(x)  # e3x's gated nonlinearity on the scalars' norms
         return x[:, 0, 0, :]
