@@ -90,7 +90,8 @@ def load_model(path: str | Path) -> Model:
     raw = yaml.safe_load((directory / CONFIG).read_text()) or {}
     config = TypeAdapter(ModelConfig).validate_python(raw.get("model", {}))
     stats = read_stats(directory)
-    with x64():
-        template = init_params(build_model(config, stats), jax.random.PRNGKey(0))
+    module = build_model(config, stats)
+    with x64():  # shapes only: initialising for real runs the model eagerly (seconds)
+        template = jax.eval_shape(lambda key: init_params(module, key), jax.random.PRNGKey(0))
         params = serialization.from_bytes(template, (directory / PARAMS).read_bytes())
     return Model(config, stats, params, Calibration.load(directory))

@@ -11,7 +11,7 @@ import yaml
 import zntrack
 from ase.md.verlet import VelocityVerlet
 from conftest import TINY
-from test_nodes import TRAIN, commit, init_repo, inside, repro, sh
+from test_nodes import TRAIN, commit, init_repo, inside, repro, seed_file, sh
 
 import apax_nodes as an
 from apax_nodes.loop import LoopSettings, build_loop
@@ -165,9 +165,7 @@ def test_warm_start_from_a_from_rev_model_in_a_new_repository(loop_repo, tmp_pat
         base = zntrack.from_rev("iter1_Train", remote=str(clone), rev=sha)
         project = zntrack.Project()
         with project:
-            crystal = an.BuildBulk(element="Cu", repeat=[2, 2, 2], vacancies=1)
-            boot = an.Bootstrap(data=crystal.frames, n=4, rattle=0.1)
-            labelled = an.Label(data=boot.frames, labeller=an.EMTLabeller())
+            labelled = an.LoadData(file=seed_file(new, 4, seed=5))
             an.Train(
                 data=labelled.frames,
                 model=base,

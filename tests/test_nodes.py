@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zntrack
-from conftest import TINY
+from conftest import TINY, emt_frames
 
 import apax_nodes as an
+from apax_core.data import write_frames
 from apax_nodes.project import build
 
 TRAIN = {
@@ -37,6 +38,13 @@ def init_repo(path: Path) -> Path:
     sh("git", "config", "user.name", "test", cwd=path)
     sh("dvc", "init", "-q", cwd=path)
     return path
+
+
+def seed_file(root: Path, n: int, seed: int = 0) -> str:
+    """``n`` EMT-labelled, rattled 2x2x2 Cu cells with a vacancy, written into ``root``: what
+    BuildBulk -> Bootstrap -> Label make, for one LoadData stage instead of three."""
+    write_frames(root / "seed.extxyz", emt_frames(n, seed=seed))
+    return "seed.extxyz"
 
 
 def commit(path: Path, message: str) -> str:
@@ -62,8 +70,6 @@ def inside(path: Path):
 
 def test_labelling_failures_are_recorded(tmp_path):
     from ase.build import bulk
-
-    from apax_core.data import write_frames
 
     root = init_repo(tmp_path / "p")
     # EMT has no parameters for Si: that structure fails, the copper ones are labelled (two
@@ -91,12 +97,10 @@ def test_killed_dvc_repro_resumes_train_from_its_checkpoint(tmp_path):
     with inside(root):
         project = zntrack.Project()
         with project:
-            crystal = an.BuildBulk(element="Cu", repeat=[2, 2, 2], vacancies=1)
-            boot = an.Bootstrap(data=crystal.frames, n=8, rattle=0.08)
-            labelled = an.Label(data=boot.frames, labeller=an.EMTLabeller())
+            labelled = an.LoadData(file=seed_file(root, 8))
             an.Train(data=labelled.frames, config={**TRAIN, "n_epochs": 60})
         build(project)
-    sh("dvc", "repro", "Label", cwd=root)
+    sh("dvc", "repro", "LoadData", cwd=root)
     checkpoint = root / ".apax_checkpoints" / "Train" / "latest.msgpack"
     proc = subprocess.Popen(
         ["dvc", "repro"],
@@ -168,9 +172,8 @@ def test_evaluate_and_select_take_a_model_of_another_package(tmp_path, monkeypat
     with inside(root):
         project = zntrack.Project()
         with project:
-            crystal = an.BuildBulk(element="Cu", repeat=[2, 2, 2], vacancies=1)
-            boot = an.Bootstrap(data=crystal.frames, n=3, rattle=0.08)
-            labelled = an.Label(data=boot.frames, labeller=foreign_models.EMTModel())
+            cells = an.LoadData(file=seed_file(root, 3))
+            labelled = an.Label(data=cells.frames, labeller=foreign_models.EMTModel())
             emt = foreign_models.EMTModel(name="EMT")
             an.Evaluate(model=emt, data=labelled.frames)
             random = {"kind": "random", "seed": 0}

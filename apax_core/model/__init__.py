@@ -43,9 +43,10 @@ def init_params(model: EnergyModel, key: jax.Array):
     def init(k):
         return model.init(k, dr, s.Z, s.idx_j, s.atom_mask, s.pair_mask)["params"]
 
+    # jitted: run eagerly, initialisation dispatches every small op on its own (seconds)
     if is_full(model.config):
-        return jax.vmap(init)(jax.random.split(key, model.config.ensemble.n_members))
-    return init(key)
+        return jax.jit(jax.vmap(init))(jax.random.split(key, model.config.ensemble.n_members))
+    return jax.jit(init)(key)
 
 
 def make_member_apply(model: EnergyModel):
