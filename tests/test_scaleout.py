@@ -140,6 +140,8 @@ def test_walker_indices_are_checked_before_any_walker_runs():
     assert [w.start for w in plan_walkers(3, -1, 2, 0)] == [2, 2]
     with pytest.raises(IndexError, match=r"indices: \[5\] out of range for 3"):
         plan_walkers(3, [0, 5], None, 0)
+    with pytest.raises(ValueError, match='indices: "all", an index or a list'):
+        plan_walkers(3, "al", None, 0)
     with pytest.raises(ValueError, match="n_walkers must be at least 1"):
         plan_walkers(3, "all", 0, 0)
 

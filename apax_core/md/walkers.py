@@ -42,13 +42,12 @@ class Walker:
 def plan_walkers(n_structures: int, indices: Indices, n_walkers: int | None, seed: int):
     """The walkers: ``indices`` (one, a list, or "all") cycled to ``n_walkers`` (default: one
     walker per index), seeds ``seed + k``. Indices may be negative (from the end)."""
-    chosen = (
-        list(range(n_structures))
-        if indices == "all"
-        else [indices]
-        if isinstance(indices, int)
-        else list(indices)
-    )
+    if isinstance(indices, str) and indices != "all":
+        raise ValueError(f'indices: "all", an index or a list of indices, got {indices!r}')
+    if indices == "all":
+        chosen = list(range(n_structures))
+    else:
+        chosen = [indices] if isinstance(indices, int) else list(indices)
     if not chosen:
         raise ValueError("indices: no start structure chosen")
     bad = [i for i in chosen if not -n_structures <= i < n_structures]

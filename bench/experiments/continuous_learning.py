@@ -169,6 +169,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--walkers", type=int, default=2)
     p.add_argument("--md-steps", type=int, default=1000)
+    p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
     args = p.parse_args()
     if args.quick:
         args.iterations, args.epochs, args.md_steps = 2, 20, 200
@@ -180,7 +181,7 @@ def main() -> None:
         root = Path(tmp)
         model0, _ = fit(sets["initial"], sets["val"], args.epochs, root / "iter0", None)
         base = (model0, list(sets["initial"]), list(sets["val"]))
-        variants = {v: loop(v, base, sets, args, root) for v in VARIANTS}
+        variants = {v: loop(v, base, sets, args, root) for v in args.variants.split(",")}
         first = {"iteration": 0, **test_metrics(model0, [from_atoms(a) for a in sets["test"]])}
         shutil.rmtree(root, ignore_errors=True)
     result = {
