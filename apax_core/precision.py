@@ -2,7 +2,8 @@
 
 JAX decides at trace time whether float64 exists. We never flip the global flag at import;
 entry points run their work inside :func:`x64`, a scoped switch, so jitted functions are traced
-(and cached) with float64 available while the host program around them is left alone.
+(and cached) with float64 available while the host program around them is left alone. Entering
+it also switches on the persistent compilation cache (:mod:`apax_core.compilation_cache`).
 """
 
 from __future__ import annotations
@@ -13,11 +14,14 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
+from apax_core import compilation_cache
+
 Precision = Literal["fp32", "fp64"]
 
 
 def x64():
     """Context manager under which float64 arrays exist (scoped, not global)."""
+    compilation_cache.enable()
     return jax.enable_x64(True)
 
 

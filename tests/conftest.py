@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +24,12 @@ from apax_core.model import ModelStatistics, build_model, init_params
 from apax_core.model_dir import Model, save_config, save_params, save_stats
 from apax_core.precision import x64
 from apax_core.train.trainer import train_run
+
+# Compiled programs go to a cache of this session (shared with its `dvc repro` subprocesses),
+# not the user's: every run starts as cold as a fresh CI machine.
+_XLA_CACHE = tempfile.mkdtemp(prefix="apax-test-xla-")
+os.environ["APAX_COMPILATION_CACHE"] = _XLA_CACHE
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 
 # Node tests call `dvc`, and DVC calls `zntrack run`: the executables of this interpreter's
 # environment must come first on PATH however pytest was started (e.g. `.venv/bin/python -m`).

@@ -357,6 +357,16 @@ def test_binned_padding_gives_few_bin_multiple_shapes(mixed_dataset):
     assert len(shapes) <= 4
 
 
+def test_pad_to_max_rounds_neighbours_so_a_grown_set_keeps_its_shape():
+    from apax_core.data import pad_sizes
+
+    pad = PadToMax()  # neighbour_bin 8
+    assert pad_sizes([31, 31], [37, 41], pad) == (31, 48)
+    assert pad_sizes([31, 31, 31], [37, 41, 45], pad) == (31, 48)  # one more, same shape
+    assert pad_sizes([31, 31, 31], [37, 41, 49], pad) == (31, 56)  # a denser one: next bin
+    assert pad_sizes([31, 31], [37, 41], PadToMax(neighbour_bin=1)) == (31, 41)
+
+
 def test_dense_neighbours_hold_exactly_the_neighbour_list(mixed_dataset):
     b = next(mixed_dataset.batches(4, PadToMax(), shuffle=False, seed=0))
     for row in range(4):

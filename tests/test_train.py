@@ -375,3 +375,43 @@ def test_resume_after_the_outputs_were_deleted_equals_the_uninterrupted_run(
         ]
         diffs = jax.tree.map(lambda a, b: np.abs(a - b).max(), *params)
         assert max(jax.tree.leaves(diffs)) < 1e-6
+
+
+@pytest.fixture
+def cache_everything():
+    """The persistent cache on, keeping even programs that compile faster than the threshold
+    worth a file (tiny models do)."""
+    from apax_core import compilation_cache
+
+    compilation_cache.enable()
+    key = "jax_persistent_cache_min_compile_time_secs"
+    old = getattr(jax.config, key)
+    jax.config.update(key, 0.0)
+    yield
+    jax.config.update(key, old)
+
+
+def test_a_longer_run_on_more_data_reuses_the_compiled_steps(
+    data_files, tmp_path, caplog, cache_everything
+):
+    """The learning-rate schedule is an input of the train step, and compiled programs go to
+    the persistent cache: a warm start of another length on a grown training set (each loop
+    iteration, in a fresh process) loads the train and validation steps instead of compiling
+    them again."""
+    from apax_core.data import read_frames
+    from apax_core.train.trainer import train
+
+    first = tiny_config(tmp_path / "first", data_files, n_epochs=1)
+    first.run()
+    grown = tmp_path / "grown.extxyz"
+    write_frames(grown, read_frames(data_files["train"]) + read_frames(data_files["train"])[:4])
+    second = tiny_config(tmp_path / "second", data_files, n_epochs=3)
+    caplog.set_level("DEBUG", logger="jax._src.compiler")
+    train(second.spec, second.directory, grown, data_files["val"], base_model=first.directory)
+    cache = [
+        r.getMessage() for r in caplog.records if "ersistent compilation cache" in r.getMessage()
+    ]
+    for step in ("train_step", "eval_step"):
+        assert [m for m in cache if step in m and "hit" in m], cache
+        assert not [m for m in cache if step in m and "MISS" in m], cache
+    assert len(read_log(second.directory)) == 3

@@ -19,6 +19,10 @@ class PadToMax(Strict):
     """Pad every structure to the largest atom and pair count of the dataset: one compiled shape."""
 
     kind: Literal["max"] = "max"
+    neighbour_bin: PositiveInt = 8
+    """The largest neighbour count is rounded up to a multiple of this: a training set grown by
+    an active-learning iteration keeps its shape, and so its compiled steps, unless a denser
+    structure joins it (1: the exact maximum)."""
 
 
 class PadBinned(Strict):

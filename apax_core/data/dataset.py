@@ -6,7 +6,6 @@ import logging
 import queue
 import threading
 from collections.abc import Iterable, Iterator, Sequence
-from functools import cached_property
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -15,7 +14,7 @@ from tqdm.auto import tqdm
 from apax_core.data.batch import Batch
 from apax_core.data.io import DataError
 from apax_core.data.neighbours import NeighbourList, neighbour_list
-from apax_core.data.padding import collate, max_sizes, pad_sizes
+from apax_core.data.padding import collate, pad_sizes
 from apax_core.data.structure import Structure
 
 if TYPE_CHECKING:
@@ -102,11 +101,6 @@ class Dataset:
             neighbour_lists=[self.neighbour_lists[k] for k in idx],
         )
 
-    @cached_property
-    def max_sizes(self) -> tuple[int, int]:
-        """(N, K) for PadToMax: the dataset maximum atom and per-atom neighbour counts."""
-        return max_sizes(self.n_atoms.tolist(), self.n_neighbours.tolist())
-
     def n_batches(self, batch_size: int, drop_last: bool = False) -> int:
         """Batches per epoch."""
         _check_batch_size(batch_size)
@@ -130,12 +124,12 @@ class Dataset:
         """
         n_batches = self.n_batches(batch_size, drop_last)
         order = epoch_order(len(self), seed, epoch) if shuffle else np.arange(len(self))
+        whole = None  # PadToMax: one shape for the dataset; PadBinned: a shape per batch
+        if padding.kind == "max":
+            whole = pad_sizes(self.n_atoms, self.n_neighbours, padding)
         for b in range(n_batches):
             idx = order[b * batch_size : (b + 1) * batch_size]
-            if padding.kind == "max":
-                n_pad, k_pad = self.max_sizes
-            else:
-                n_pad, k_pad = pad_sizes(self.n_atoms[idx], self.n_neighbours[idx], padding)
+            n_pad, k_pad = whole or pad_sizes(self.n_atoms[idx], self.n_neighbours[idx], padding)
             yield collate(
                 [self.structures[k] for k in idx],
                 [self.neighbour_lists[k] for k in idx],

@@ -26,14 +26,16 @@ def pad_sizes(
 ) -> tuple[int, int]:
     """Atom and neighbour slot counts (N, K) for structures with the given maxima.
 
-    PadToMax: the exact maximum (call it with the whole dataset for a single compiled shape).
+    PadToMax: the maximum, neighbours rounded up to a multiple of ``neighbour_bin`` (call it
+    with the whole dataset for a single compiled shape).
     PadBinned: the maximum rounded up to a multiple of ``atom_bin`` / ``neighbour_bin`` (call it
     per batch; mixed sizes then compile a handful of shapes). Both are at least 1, so no array
     has a zero-length axis even for isolated atoms without neighbours.
     """
     kind = getattr(padding, "kind", None)
     if kind == "max":
-        return max_sizes(n_atoms, n_neighbours)
+        n, k = max_sizes(n_atoms, n_neighbours)
+        return n, _round_up(k, padding.neighbour_bin)
     if kind == "binned":
         n, k = max_sizes(n_atoms, n_neighbours)
         return _round_up(n, padding.atom_bin), _round_up(k, padding.neighbour_bin)

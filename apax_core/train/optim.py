@@ -1,12 +1,16 @@
 """Optimiser: optax optimiser per parameter group, learning-rate schedules, clipping.
 
 A group with learning rate 0 (or frozen) gets ``optax.set_to_zero``: its parameters stay
-bit-identical, with no optimiser state spent on them.
+bit-identical, with no optimiser state spent on them. The optimisers run at their peak rates;
+the schedule's factor multiplies the updates in the train step, where it is an input. Every
+optimiser here applies its learning rate last, so this equals a scheduled rate, and one
+compiled step serves runs of any length and data size.
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 import optax
 
 from apax_core.config import (
@@ -54,18 +58,24 @@ def lr_schedule(cfg: Schedule, steps_per_epoch: int, n_epochs: int) -> optax.Sch
     return lambda step: ramp(step) * shape(step)
 
 
+def epoch_factors(schedule: optax.Schedule, steps_per_epoch: int, epoch: int) -> np.ndarray:
+    """The schedule's learning-rate factors of the steps of ``epoch`` (0-based)."""
+    first = epoch * steps_per_epoch
+    return np.asarray(schedule(np.arange(first, first + steps_per_epoch)), dtype=np.float64)
+
+
 def make_optimizer(
-    cfg: OptimizerConfig, schedule: optax.Schedule, frozen: frozenset[str] = frozenset()
+    cfg: OptimizerConfig, frozen: frozenset[str] = frozenset()
 ) -> optax.GradientTransformation:
-    """One optax optimiser per parameter group at its peak rate times ``schedule``; a group
-    with rate 0 or in ``frozen`` gets ``set_to_zero``. Optional global-norm clipping first."""
+    """One optax optimiser per parameter group at its peak rate (the step scales its updates by
+    the schedule); a group with rate 0 or in ``frozen`` gets ``set_to_zero``. Optional
+    global-norm clipping first."""
     groups = {}
     for group, peak in cfg.learning_rates.model_dump().items():
         if peak == 0.0 or group in frozen:
             groups[group] = optax.set_to_zero()
         else:
-            lr = lambda step, peak=peak: peak * schedule(step)  # noqa: E731
-            groups[group] = optax_optimizer(cfg.name)(learning_rate=lr, **cfg.kwargs)
+            groups[group] = optax_optimizer(cfg.name)(learning_rate=peak, **cfg.kwargs)
     tx = optax.multi_transform(groups, param_labels)
     if cfg.grad_clip is not None:
         tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip), tx)

@@ -32,7 +32,7 @@ from apax_core.predictor import predictor
 from apax_core.train.data import Source, TrainingData, load_training_data
 from apax_core.train.losses import total_loss
 from apax_core.train.metrics import accumulate, error_sums, finalize
-from apax_core.train.optim import lr_schedule, make_optimizer
+from apax_core.train.optim import epoch_factors, lr_schedule, make_optimizer
 from apax_core.train.parallel import Placement, placement
 from apax_core.train.state import TrainState, load_checkpoint, save_checkpoint
 from apax_core.train.warm_start import warm_start_params
@@ -61,9 +61,10 @@ def make_steps(model: Model, config: TrainConfig, tx, labels: tuple[str, ...]):
         return total_loss(config.loss, pred, batch, per_member=per_member), pred
 
     @jax.jit
-    def train_step(params, opt_state, ema, ema_decay, batch):
+    def train_step(params, opt_state, ema, ema_decay, lr_factor, batch):
         (loss, pred), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch)
         updates, opt_state = tx.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: u * lr_factor.astype(u.dtype), updates)
         params = optax.apply_updates(params, updates)
         # e + (1 - d)(p - e) leaves a frozen (unchanged) parameter bit-identical.
         ema = jax.tree.map(lambda e, p: e + (1.0 - ema_decay) * (p - e), ema, params)
@@ -244,7 +245,7 @@ def _setup(config: TrainConfig, data: TrainingData) -> tuple[Setup, TrainState]:
         frozen = frozenset(warm.freeze)
     steps = train_ds.n_batches(config.data.batch_size)
     schedule = lr_schedule(config.optimizer.schedule, steps, config.n_epochs)
-    tx = make_optimizer(config.optimizer, schedule, frozen)
+    tx = make_optimizer(config.optimizer, frozen)
     labels = tuple(sorted({t.quantity for t in config.loss} | set(config.data.labels)))
     train_step, eval_step = make_steps(model, config, tx, labels)
     setup = Setup(config, train_ds, val_ds, train_step, eval_step, schedule, steps, place)
@@ -266,13 +267,15 @@ def _epoch(setup: Setup, state: TrainState, epoch: int) -> tuple[TrainState, dic
         seed=config.data.shuffle_seed,
         epoch=epoch,
     )
-    for batch in prefetch(map(setup.place.batch, batches), config.data.prefetch):
-        p, o, e, loss, sums = setup.train_step(p, o, e, decay, batch)
+    factors = epoch_factors(setup.schedule, setup.steps_per_epoch, epoch)
+    for factor, batch in zip(
+        factors, prefetch(map(setup.place.batch, batches), config.data.prefetch), strict=True
+    ):
+        p, o, e, loss, sums = setup.train_step(p, o, e, decay, jnp.asarray(factor), batch)
         k = _n_real(batch)
         loss_sum, n = loss_sum + float(loss) * k, n + k
         total = accumulate(total, sums)
     state = state.replace(params=p, opt_state=o, ema=e, epoch=epoch + 1)
-    last_step = (epoch + 1) * setup.steps_per_epoch - 1
     row = {
         "epoch": epoch + 1,
         "train_loss": loss_sum / max(n, 1),
@@ -280,7 +283,7 @@ def _epoch(setup: Setup, state: TrainState, epoch: int) -> tuple[TrainState, dic
             setup.eval_step, _eval_params(config, state), setup.val, config, setup.place.batch
         ),
         **finalize(total, "train_"),
-        "lr_nn": config.optimizer.learning_rates.nn * float(setup.schedule(last_step)),
+        "lr_nn": config.optimizer.learning_rates.nn * float(factors[-1]),
         "epoch_s": time.perf_counter() - start,
     }
     if not (np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"])):
