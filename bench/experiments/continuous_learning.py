@@ -1,7 +1,7 @@
 """Continuous learning (paper 4.2) and uncertainty through the loop: retraining from scratch
 every iteration against warm starts with 15, 30 and 50 % of the epochs.
 
-    python bench/experiments/continuous_learning.py [--quick] [--iterations 8] [--epochs 100]
+    python bench/experiments/continuous_learning.py [--quick] [--iterations 8] [--epochs 200]
 
 The loop of the default project, in process, on the Cu/Ag alloy of selection_efficacy.py:
 train (a shallow GMNN ensemble, CRPS, calibrated on the validation set) -> UDD MD with
@@ -17,8 +17,6 @@ Writes bench/results/experiments/continuous_learning.{json,png}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import shutil
 import tempfile
@@ -28,8 +26,9 @@ from pathlib import Path
 import numpy as np
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
+from experiment import parser, settings, write_json
 from matplotlib.figure import Figure
-from selection_efficacy import LOSS, MODEL, OUT, alloy, datasets
+from selection_efficacy import LOSS, MODEL, alloy, datasets
 
 from apax_core.config import MDConfig, TrainConfig
 from apax_core.data import from_atoms
@@ -163,20 +162,21 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2 iterations, 20 epochs, short MD")
+    p = parser(__doc__, "2 iterations of scratch and warm30, 6 epochs, one walker of 40 steps")
     p.add_argument("--iterations", type=int, default=8)
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=int, default=200, help="E, the scratch runs' epochs")
     p.add_argument("--walkers", type=int, default=2)
     p.add_argument("--md-steps", type=int, default=1000)
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset")
+    p.add_argument("--test-per-T", type=int, default=25)
     args = p.parse_args()
     if args.quick:
-        args.iterations, args.epochs, args.md_steps = 2, 20, 200
+        args.iterations, args.epochs, args.walkers, args.md_steps = 2, 6, 1, 40
+        args.variants, args.test_per_T = "scratch,warm30", 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("apax_core").setLevel(logging.ERROR)
     start = time.perf_counter()
-    sets = datasets(pool_per_T=1, test_per_T=25)
+    sets = datasets(1, args.test_per_T, every=2 if args.quick else 20)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model0, _ = fit(sets["initial"], sets["val"], args.epochs, root / "iter0", None)
@@ -185,22 +185,20 @@ def main() -> None:
         first = {"iteration": 0, **test_metrics(model0, [from_atoms(a) for a in sets["test"]])}
         shutil.rmtree(root, ignore_errors=True)
     result = {
-        "settings": vars(args),
+        "settings": settings(args),
         "wall_s": time.perf_counter() - start,
         "iteration0": first,
         "variants": variants,
     }
-    name = "continuous_learning" + ("_quick" if args.quick else "")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2, default=float))
-    plot(result, OUT / f"{name}.png")
+    stem = write_json(args, "continuous_learning", result)
+    plot(result, stem.with_suffix(".png"))
     for v, rows in variants.items():
         last, seconds = rows[-1], sum(r["train_s"] for r in rows)
         print(
             f"{v:>8}: final F MAE {last['forces_mae']:.1f} meV/A, E MAE {last['energy_mae']:.2f}"
             f" meV/atom, {sum(r['epochs'] for r in rows)} epochs, {seconds:.0f} s training"
         )
-    print(f"wrote {OUT / name}.json and .png")
+    print(f"wrote {stem}.json and .png")
 
 
 if __name__ == "__main__":

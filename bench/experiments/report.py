@@ -1,11 +1,13 @@
 """docs/results.md from the experiments' JSON (numbers are never typed by hand).
 
-python bench/experiments/report.py
+python bench/experiments/report.py [--results DIR] [--doc FILE]
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +25,7 @@ def _fmt(value, digits: int = 0) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def selection_efficacy(data: dict) -> str:
+def selection_efficacy(data: dict, image: str) -> str:
     s = data["settings"]
     lines = [
         "## Selection efficacy",
@@ -50,11 +52,11 @@ def selection_efficacy(data: dict) -> str:
         ratio = m["label_ratio_vs_random"]
         reach = f"{_fmt(m['labels_to_random_final'], 1)} ({_fmt(ratio, 2)}x)"
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {reach} |")
-    lines += ["", "![selection efficacy](../bench/results/experiments/selection_efficacy.png)", ""]
+    lines += ["", f"![selection efficacy]({image})", ""]
     return "\n".join(lines)
 
 
-def selection_diagnostics(data: dict) -> str:
+def selection_diagnostics(data: dict, image: str) -> str:
     s = data["settings"]
     steps = ", ".join(str(k) for k in data["picked_optimisation_steps"])
     return "\n".join(
@@ -71,13 +73,13 @@ def selection_diagnostics(data: dict) -> str:
             f"{data['curve'][s['n'] - 1]:.3g}, of the last of the ranked pool "
             f"{data['curve'][-1]:.3g} (feature units).",
             "",
-            "![selection diagnostics](../bench/results/experiments/selection_diagnostics.png)",
+            f"![selection diagnostics]({image})",
             "",
         ]
     )
 
 
-def continuous_learning(data: dict) -> str:
+def continuous_learning(data: dict, image: str) -> str:
     s, variants = data["settings"], data["variants"]
     scratch_s = sum(r["train_s"] for r in variants["scratch"])
     lines = [
@@ -97,7 +99,8 @@ def continuous_learning(data: dict) -> str:
             f"| {name} | {rows[-1]['forces_mae']:.1f} | {rows[-1]['energy_mae']:.2f} "
             f"| {sum(r['epochs'] for r in rows)} | {seconds:.0f} | {seconds / scratch_s:.2f} |"
         )
-    lines += ["", "Per iteration (test set; calibrated, then uncalibrated in brackets):", ""]
+    lines += ["", *continuous_learning_findings(variants), ""]
+    lines += ["Per iteration (test set; calibrated, then uncalibrated in brackets):", ""]
     lines += ["| variant | it | F MAE | F z^2 | miscal. area | Spearman | walkers stopped |"]
     lines += ["|---|---|---|---|---|---|---|"]
     for name, rows in variants.items():
@@ -110,37 +113,65 @@ def continuous_learning(data: dict) -> str:
             )
     lines += [
         "",
-        "![continuous learning](../bench/results/experiments/continuous_learning.png)",
+        f"![continuous learning]({image})",
         "",
     ]
     return "\n".join(lines)
 
 
-def udd(data: dict) -> str:
+def continuous_learning_findings(variants: dict) -> list[str]:
+    """The issue's aims, checked against the JSON: warm30 against scratch after the last
+    iteration, and the calibrated force z^2 in [0.5, 2] at every iteration."""
+    scratch, out = variants["scratch"], []
+    if "warm30" in variants:
+        warm = variants["warm30"]
+        f = warm[-1]["forces_mae"] / scratch[-1]["forces_mae"]
+        t = sum(r["train_s"] for r in warm) / sum(r["train_s"] for r in scratch)
+        out.append(
+            f"- warm30 after the last iteration: {f:.2f}x scratch's test force MAE at {t:.2f}x "
+            f"its cumulative training time (aim: at most 1x at at most 0.40x)."
+        )
+    outside = [
+        f"{name} {r['iteration']} ({r['mean_z2_forces']:.2f})"
+        for name, rows in variants.items()
+        for r in rows
+        if not 0.5 <= r["mean_z2_forces"] <= 2.0
+    ]
+    n = sum(len(rows) for rows in variants.values())
+    out.append(
+        f"- Calibrated force mean z^2 within [0.5, 2] at {n - len(outside)} of {n} iterations"
+        + (f"; outside: {', '.join(outside)}." if outside else ".")
+    )
+    return out
+
+
+def udd(data: dict, image: str) -> str:
     s = data["settings"]
     lines = [
         "## Uncertainty-driven dynamics",
         "",
         f"`python bench/experiments/udd.py`: butane, a model of {s['train_frames']} xTB frames "
-        f"of the trans well; {s['ps']:.0f} ps of Langevin MD at 300 K each, UDD height "
-        f"{s['height']} eV, width {s['width']:.4f} eV.",
+        f"of the trans well; per condition {s['seeds']} runs (seeds) of {s['ps']:g} ps of "
+        f"Langevin MD at 300 K; UDD width {s['width']:.4f} eV (half depth at 3x the median "
+        "training uncertainty). Mean +- std over seeds:",
         "",
-        "| run | dihedral bins visited (of 36) | histogram entropy | max energy uncertainty (eV) |",
-        "|---|---|---|---|",
+        "| condition | dihedral bins visited (of 36) | entropy | trans-gauche hops "
+        "| runs that crossed | max sigma_E (eV) | longest C-C (A) | bins vs unbiased |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("unbiased", "udd"):
-        r = data[name]
+    for name, m in data["summary"].items():
+        cells = [
+            f"{m[k]['mean']:.{d}f} +- {m[k]['std']:.{d}f}"
+            for k, d in (("bins_visited", 1), ("entropy", 2), ("transitions", 1))
+        ]
+        ratio, runs = data["range_ratio"].get(name), data["runs"][name]
+        crossed = f"{sum(r['transitions'] > 0 for r in runs)}/{len(runs)}"
         lines.append(
-            f"| {name} | {r['bins_visited']} | {r['entropy']:.2f} "
-            f"| {r['max_energy_uncertainty']:.3f} |"
+            f"| {name} | " + " | ".join(cells) + f" | {crossed} "
+            f"| {m['max_energy_uncertainty']['mean']:.3f} "
+            f"| {m['max_cc_bond']['mean']:.2f} | {_fmt(ratio, 2)} |"
         )
-    lines += [
-        "",
-        f"Explored range, UDD / unbiased: {data['range_ratio']:.2f}x.",
-        "",
-        "![udd](../bench/results/experiments/udd.png)",
-        "",
-    ]
+    lines += ["", f"![udd]({image})", ""]
     return "\n".join(lines)
 
 
@@ -153,15 +184,34 @@ SECTIONS = {
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--results", type=Path, default=RESULTS, help="folder of the JSON and PNG")
+    p.add_argument("--doc", type=Path, default=DOC, help="the Markdown file to write")
+    args = p.parse_args()
+    write_report(args.results, args.doc)
+
+
+def write_report(results: Path, doc: Path) -> None:
     parts = [HEADER]
+    data = {
+        n: json.loads((results / f"{n}.json").read_text())
+        for n in SECTIONS
+        if (results / f"{n}.json").is_file()
+    }
+    minutes = {n: d["wall_s"] / 60 for n, d in data.items() if "wall_s" in d}
+    if minutes:
+        each = ", ".join(f"{n} {m:.0f}" for n, m in minutes.items())
+        parts.append(
+            f"Wall time of the set on 2 CPU cores: {sum(minutes.values()):.0f} min ({each}).\n"
+        )
     for name, render in SECTIONS.items():
-        path = RESULTS / f"{name}.json"
-        if path.is_file():
-            parts.append(render(json.loads(path.read_text())))
+        if name in data:
+            image = os.path.relpath(results / f"{name}.png", doc.parent)
+            parts.append(render(data[name], image))
         else:
             parts.append(f"## {name}\n\nNot run yet (`bench/experiments/{name}.py`).\n")
-    DOC.write_text("\n".join(parts))
-    print(f"wrote {DOC}")
+    doc.write_text("\n".join(parts))
+    print(f"wrote {doc}")
 
 
 if __name__ == "__main__":

@@ -14,16 +14,16 @@ curve with the picks, the picks along the pool (MD time, optimisation step) and 
 
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 from ase.calculators.emt import EMT
 from ase.optimize import BFGS
+from experiment import parser, write_json
 from matplotlib.figure import Figure
-from selection_efficacy import OUT, alloy, emt_md, labelled_copy, trained_model
+from selection_efficacy import alloy, emt_md, labelled_copy, trained_model
 
 from apax_core.config import MaxDistance
 from apax_core.data import from_atoms
@@ -99,14 +99,14 @@ def figure(result: dict, train_f, pool_f, origin: np.ndarray, path: Path) -> Non
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="fewer MD frames and epochs")
+    p = parser(__doc__, "10 MD frames, 5 epochs")
     p.add_argument("--n", type=int, default=12, help="structures selected")
     p.add_argument("--epochs", type=int, default=100)
     args = p.parse_args()
-    n_md, epochs = (20, 10) if args.quick else (60, args.epochs)
-    initial, val = emt_md(300.0, 8, 20, seed=1000), emt_md(600.0, 4, 20, seed=2000)
-    md, opt = emt_md(900.0, n_md, 20, seed=7), relaxation(seed=8)
+    n_md, epochs = (10, 5) if args.quick else (60, args.epochs)
+    start, every = time.perf_counter(), 2 if args.quick else 20
+    initial, val = emt_md(300.0, 8, every, seed=1000), emt_md(600.0, 4, every, seed=2000)
+    md, opt = emt_md(900.0, n_md, every, seed=7), relaxation(seed=8)
     pool = md + opt
     origin = np.array(["md"] * len(md) + ["optimisation"] * len(opt))
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,16 +121,15 @@ def main() -> None:
         "picked_from_optimisation": int(sum(origin[picks] == "optimisation")),
         "picked_optimisation_steps": sorted(int(i) - len(md) for i in picks if i >= len(md)),
         "curve": sel.curve.tolist(),
+        "wall_s": time.perf_counter() - start,
     }
-    name = "selection_diagnostics" + ("_quick" if args.quick else "")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2))
-    figure(result, sel.train_features, sel.pool_features, origin, OUT / f"{name}.png")
+    stem = write_json(args, "selection_diagnostics", result)
+    figure(result, sel.train_features, sel.pool_features, origin, stem.with_suffix(".png"))
     print(
         f"picked {result['picked_from_md']} MD frames and {result['picked_from_optimisation']} "
         f"optimisation steps {result['picked_optimisation_steps']} of {len(opt)}"
     )
-    print(f"wrote {OUT / name}.json and .png")
+    print(f"wrote {stem}.json and .png")
 
 
 if __name__ == "__main__":

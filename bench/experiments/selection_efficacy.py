@@ -17,8 +17,6 @@ Writes bench/results/experiments/selection_efficacy.{json,png}.
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import tempfile
 import time
@@ -32,6 +30,7 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from experiment import parser, settings, write_json
 from pydantic import TypeAdapter
 
 from apax_core.config import SelectionMethod, TrainConfig
@@ -44,7 +43,6 @@ from apax_core.train.trainer import train
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-OUT = Path(__file__).resolve().parents[1] / "results" / "experiments"
 TEMPERATURES = (300.0, 600.0, 900.0, 1200.0)
 METHODS = {
     "max_distance": {"kind": "max_distance"},
@@ -74,13 +72,14 @@ def alloy(seed: int, repeat: int = 2):
 
 
 def emt_md(T: float, n_frames: int, every: int, seed: int) -> list:
-    """EMT-labelled frames of Langevin MD at ``T`` (after a 200-step equilibration)."""
+    """EMT-labelled frames of Langevin MD at ``T``, every ``every`` steps of 2 fs after an
+    equilibration of ``10 * every`` steps."""
     atoms = alloy(seed)
     atoms.calc = EMT()
     rng = np.random.default_rng(seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=T, rng=rng)
     dyn = Langevin(atoms, 2.0 * units.fs, temperature_K=T, friction=0.02, rng=rng)
-    dyn.run(200)
+    dyn.run(10 * every)
     return sampled(dyn, n_frames, every)
 
 
@@ -102,11 +101,12 @@ def labelled_copy(atoms):
     return frame
 
 
-def datasets(pool_per_T: int, test_per_T: int) -> dict[str, list]:
-    """Initial (8 at 300 K), validation (4 per T), test and pool sets, seeded apart."""
-    sets = {"initial": emt_md(300.0, 8, 20, seed=1000)}
+def datasets(pool_per_T: int, test_per_T: int, every: int = 20) -> dict[str, list]:
+    """Initial (8 at 300 K), validation (4 per T), test and pool sets, seeded apart; MD frames
+    ``every`` steps apart (--quick: 2)."""
+    sets = {"initial": emt_md(300.0, 8, every, seed=1000)}
     for name, n, base in (("val", 4, 2000), ("test", test_per_T, 3000), ("pool", pool_per_T, 0)):
-        sets[name] = [a for k, T in enumerate(TEMPERATURES) for a in emt_md(T, n, 20, base + k)]
+        sets[name] = [a for k, T in enumerate(TEMPERATURES) for a in emt_md(T, n, every, base + k)]
     return sets
 
 
@@ -205,42 +205,41 @@ def plot(result: dict, path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="1 seed, 2 rounds, 15 epochs, small pool")
+    p = parser(__doc__, "1 seed, 1 round of 4, 5 epochs, a pool of 8")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--rounds", type=int, default=6)
     p.add_argument("--per-round", type=int, default=8)
     p.add_argument("--epochs", type=int, default=100)
     p.add_argument("--pool-per-T", type=int, default=50)
+    p.add_argument("--test-per-T", type=int, default=25)
     args = p.parse_args()
     if args.quick:
-        args.seeds, args.rounds, args.epochs, args.pool_per_T = 1, 2, 15, 10
+        args.seeds, args.rounds, args.per_round, args.epochs = 1, 1, 4, 5
+        args.pool_per_T, args.test_per_T = 2, 2
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("apax_core").setLevel(logging.WARNING)
     start = time.perf_counter()
-    sets = datasets(args.pool_per_T, test_per_T=25)
+    sets = datasets(args.pool_per_T, args.test_per_T, every=2 if args.quick else 20)
     with tempfile.TemporaryDirectory() as tmp:
         runs = {
             m: [run(m, seed, sets, args, Path(tmp)) for seed in range(args.seeds)] for m in METHODS
         }
     result = summary(runs)
-    OUT.mkdir(parents=True, exist_ok=True)
-    name = "selection_efficacy" + ("_quick" if args.quick else "")
     payload = {
-        "settings": vars(args),
+        "settings": settings(args),
         "wall_s": time.perf_counter() - start,
         "summary": result,
         "runs": runs,
     }
-    (OUT / f"{name}.json").write_text(json.dumps(payload, indent=2))
-    plot(result, OUT / f"{name}.png")
+    stem = write_json(args, "selection_efficacy", payload)
+    plot(result, stem.with_suffix(".png"))
     for method, m in result.items():
         curve = " ".join(f"{v:.0f}" for v in m["forces_mae_mean"])
         print(
             f"{method:>16}: F MAE {curve} meV/A; labels to random's final error: "
             f"{m['labels_to_random_final']} (ratio {m['label_ratio_vs_random']})"
         )
-    print(f"wrote {OUT / name}.json and .png")
+    print(f"wrote {stem}.json and .png")
 
 
 if __name__ == "__main__":

@@ -1,23 +1,23 @@
 """Does uncertainty-driven dynamics explore more (paper 4.5)? Unbiased against UDD-biased MD of
 butane's C-C-C-C torsion, with a model trained on GFN2-xTB data of the trans well only.
 
-    python bench/experiments/udd.py [--quick] [--ps 20]
+    python bench/experiments/udd.py [--quick] [--ps 20] [--seeds 4] [--heights 0.5,1,2]
 
 Training data: xTB (tblite) Langevin MD of trans-butane at 300 K (every 20th of 4000 steps,
 0.5 fs), where the dihedral stays near 180 degrees. A shallow GMNN ensemble (4 members, CRPS)
-learns it. Then the JAX engine runs Langevin MD at 300 K for ``--ps`` picoseconds, once
-without bias and once with UDD (height A = 0.5 eV; width B set so that the bias is half-way
-deep at 3x the median energy uncertainty of the training frames). Reported per run: the
-explored dihedral range (the share of 10-degree bins visited), the histogram entropy, the
-largest energy uncertainty reached, and the histograms.
+learns it. Then the JAX engine runs Langevin MD at 300 K for ``--ps`` picoseconds from
+``--seeds`` initial velocities, without bias and with UDD at each height A (width B set so
+that the bias is half-way deep at 3x the median energy uncertainty of the training frames).
+A single trajectory crosses the 0.15 eV barrier or not by chance, so every measure is a mean
+over seeds: the explored dihedral range (10-degree bins visited), the histogram entropy,
+the trans <-> gauche transitions, the largest energy uncertainty and the longest C-C bond
+reached (a bias that tears bonds explores nothing useful).
 
 Writes bench/results/experiments/udd.{json,png}.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import tempfile
 import time
@@ -28,8 +28,9 @@ from ase import units
 from ase.build import molecule
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+from experiment import parser, settings, write_json
 from matplotlib.figure import Figure
-from selection_efficacy import OUT, sampled
+from selection_efficacy import sampled
 
 from apax_core.config import MDConfig, TrainConfig
 from apax_core.data import from_atoms
@@ -48,7 +49,6 @@ MODEL = {
     "ensemble": {"kind": "shallow", "n_members": 4},
 }
 LOSS = [{"quantity": "energy", "kind": "crps", "atoms_exponent": 1.0}, {"quantity": "forces"}]
-HEIGHT = 0.5
 
 
 def xtb_frames(steps: int, every: int, seed: int = 0) -> list:
@@ -80,28 +80,68 @@ def md(model, config: MDConfig, directory: Path) -> tuple[list, dict]:
     return read_trajectory(result.trajectory), result.status
 
 
-def run_pair(model_dir: Path, width: float, ps: float) -> dict:
-    model, out = load_model(model_dir), {}
+def transitions(angles: np.ndarray) -> int:
+    """Moves between the trans (180 +- 40 degrees) and gauche (60, 300 +- 40) cores: the
+    last core visited changes (crossing the barrier, not rattling on its top)."""
+    centre = np.array([60.0, 180.0, 300.0])
+    gap = np.abs((angles[:, None] - centre + 180.0) % 360.0 - 180.0)
+    core = np.where(gap.min(axis=1) < 40.0, gap.argmin(axis=1), -1)
+    visited = core[core >= 0]
+    return int(np.sum(visited[1:] != visited[:-1]))
+
+
+def one_run(model, base: dict, udd: dict | None, seed: int, directory: Path) -> dict:
+    config = MDConfig.model_validate({**base, "udd": udd, "seed": seed})
+    frames, status = md(model, config, directory)
+    angles = dihedrals(frames)
+    bonds = [a.get_distance(k, k + 1) for a in frames for k in range(3)]
+    return {
+        "seed": seed,
+        "stopped": status["stopped"],
+        "max_energy_uncertainty": float(max(a.calc.results["energy_uncertainty"] for a in frames)),
+        "max_cc_bond": float(max(bonds)),
+        "transitions": transitions(angles),
+        "dihedrals": angles.tolist(),
+        **exploration(angles),
+    }
+
+
+def run_conditions(model_dir: Path, width: float, args) -> dict[str, list[dict]]:
+    """Per condition ("unbiased", "A=0.5", ...): one run per seed."""
+    model = load_model(model_dir)
     base = {
         "dynamics": {"kind": "langevin", "friction": 0.01},
         "dt": 0.5,
-        "duration": 1000.0 * ps,
+        "duration": 1000.0 * args.ps,
         "n_inner": 1000,
         "sampling_rate": 20,
         "temperature": {"kind": "constant", "T": 300.0},
     }
+    conditions = {"unbiased": None} | {
+        f"A={h:g}": {"height": h, "width": width} for h in args.heights
+    }
+    out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, udd in (("unbiased", None), ("udd", {"height": HEIGHT, "width": width})):
-            frames, status = md(
-                model, MDConfig.model_validate({**base, "udd": udd}), Path(tmp) / name
+        for name, udd in conditions.items():
+            out[name] = [
+                one_run(model, base, udd, seed, Path(tmp) / f"{name}_{seed}")
+                for seed in range(args.seeds)
+            ]
+            m = summarise(out[name])
+            print(
+                f"{name}: {m['bins_visited']['mean']:.1f} bins, {m['transitions']['mean']:.1f} hops"
             )
-            sigma = [a.calc.results["energy_uncertainty"] for a in frames]
-            out[name] = {
-                "status": status,
-                "max_energy_uncertainty": float(np.max(sigma)),
-                "dihedrals": dihedrals(frames).tolist(),
-                **exploration(dihedrals(frames)),
-            }
+    return out
+
+
+def summarise(runs: list[dict]) -> dict:
+    """Mean and spread over seeds of each measure, and the pooled histogram."""
+    keys = ("bins_visited", "entropy", "transitions", "max_energy_uncertainty", "max_cc_bond")
+    out = {}
+    for k in keys:
+        v = np.array([r[k] for r in runs], dtype=float)
+        out[k] = {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min())}
+    out["histogram"] = np.sum([r["histogram"] for r in runs], axis=0).tolist()
     return out
 
 
@@ -115,70 +155,78 @@ def width_for(model_dir: Path, frames: list) -> tuple[float, float]:
 
 
 def plot(result: dict, path: Path) -> None:
-    fig = Figure(figsize=(10, 3.8))
-    a, b = fig.subplots(1, 2)
+    fig = Figure(figsize=(11, 3.8))
+    a, b, c = fig.subplots(1, 3)
     edges = np.linspace(0, 360, 37)
-    for name in ("unbiased", "udd"):
-        r = result[name]
-        a.stairs(r["histogram"], edges, label=f"{name}: {r['bins_visited']}/36 bins")
-        b.plot(
-            np.arange(len(r["dihedrals"])) * result["frame_fs"] / 1000.0,
-            r["dihedrals"],
-            ".",
-            ms=2,
-            label=name,
-        )
-    a.set(xlabel="C-C-C-C dihedral (degrees)", ylabel="frames")
+    names = list(result["summary"])
+    for name in names:
+        m = result["summary"][name]
+        label = f"{name}: {m['bins_visited']['mean']:.1f} bins, {m['transitions']['mean']:.1f} hops"
+        a.stairs(m["histogram"], edges, label=label)
+    a.set(xlabel="C-C-C-C dihedral (degrees)", ylabel="frames (all seeds)", yscale="log")
+    a.legend(frameon=False, fontsize=7)
+    for name in (names[0], names[-1]):
+        angles = result["runs"][name][0]["dihedrals"]
+        t = np.arange(len(angles)) * result["frame_fs"] / 1000.0
+        b.plot(t, angles, ".", ms=2, label=f"{name}, seed 0")
     b.set(xlabel="time (ps)", ylabel="C-C-C-C dihedral (degrees)", ylim=(0, 360))
-    a.legend(frameon=False)
     b.legend(frameon=False, markerscale=4)
+    x = np.arange(len(names))
+    for k, (key, label) in enumerate((("bins_visited", "bins visited"), ("transitions", "hops"))):
+        mean = [result["summary"][n][key]["mean"] for n in names]
+        std = [result["summary"][n][key]["std"] for n in names]
+        c.bar(x + 0.4 * k, mean, 0.4, yerr=std, label=f"{label} (mean +- std over seeds)")
+    top = max(
+        m["bins_visited"]["mean"] + m["bins_visited"]["std"] for m in result["summary"].values()
+    )
+    c.set(xticks=x + 0.2, xticklabels=names, ylabel=f"per {result['settings']['ps']:g} ps run")
+    c.set_ylim(0, 1.4 * top)
+    c.legend(frameon=False, fontsize=7, loc="upper center")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="less data, 20 epochs, 2 ps")
+    p = parser(__doc__, "10 training frames, 5 epochs, 2 seeds of 0.2 ps, A = 1 eV")
     p.add_argument("--ps", type=float, default=20.0, help="length of each MD run")
+    p.add_argument("--seeds", type=int, default=4, help="MD runs per condition")
+    p.add_argument("--heights", default="0.5,1,2", help="UDD heights A (eV), comma-separated")
     p.add_argument("--epochs", type=int, default=200)
     args = p.parse_args()
-    steps, epochs, ps = (800, 20, 2.0) if args.quick else (4000, args.epochs, args.ps)
+    steps = 200 if args.quick else 4000
+    if args.quick:
+        args.epochs, args.ps, args.seeds, args.heights = 5, 0.2, 2, "1"
+    args.heights = [float(h) for h in args.heights.split(",")]
     start = time.perf_counter()
     frames = xtb_frames(steps, 20)
     spec = TrainConfig.model_validate(
-        {"n_epochs": epochs, "model": MODEL, "loss": LOSS, "data": {"batch_size": 4}}
+        {"n_epochs": args.epochs, "model": MODEL, "loss": LOSS, "data": {"batch_size": 4}}
     )
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = train(
             spec, Path(tmp) / "model", [from_atoms(a) for a in frames], progress_bar=False
         )
         width, sigma = width_for(model_dir, frames)
-        result = run_pair(model_dir, width, ps)
-    result |= {
+        runs = run_conditions(model_dir, width, args)
+    summary = {name: summarise(r) for name, r in runs.items()}
+    bins = {name: m["bins_visited"]["mean"] for name, m in summary.items()}
+    result = {
         "settings": {
-            "ps": ps,
-            "epochs": epochs,
+            **settings(args),
             "train_frames": len(frames),
-            "height": HEIGHT,
             "width": width,
             "median_train_sigma": sigma,
         },
         "training_dihedrals": exploration(dihedrals(frames)),
         "frame_fs": 10.0,
-        "range_ratio": result["udd"]["bins_visited"] / result["unbiased"]["bins_visited"],
+        "range_ratio": {n: b / bins["unbiased"] for n, b in bins.items() if n != "unbiased"},
+        "summary": summary,
+        "runs": runs,
         "wall_s": time.perf_counter() - start,
     }
-    name = "udd" + ("_quick" if args.quick else "")
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{name}.json").write_text(json.dumps(result, indent=2))
-    plot(result, OUT / f"{name}.png")
-    for run in ("unbiased", "udd"):
-        r = result[run]
-        print(
-            f"{run:>9}: {r['bins_visited']}/36 bins, entropy {r['entropy']:.2f}, "
-            f"max sigma_E {r['max_energy_uncertainty']:.3f} eV, stopped {r['status']['stopped']}"
-        )
-    print(f"range ratio {result['range_ratio']:.2f}; wrote {OUT / name}.json and .png")
+    stem = write_json(args, "udd", result)
+    plot(result, stem.with_suffix(".png"))
+    print(f"range ratio {result['range_ratio']}; wrote {stem}.json and .png")
 
 
 if __name__ == "__main__":
