@@ -336,6 +336,21 @@ def test_checkpoint_of_a_different_run_is_not_resumed(data_files, tmp_path):
     assert read_log(tmp_path / "m") == again
 
 
+def test_a_checkpoint_of_an_older_layout_is_not_resumed(data_files, tmp_path, caplog):
+    """Checkpoints written before the schedule became a step input hold optimiser state of
+    another layout: restoring them would fail deep in flax, so they start afresh."""
+    tiny_config(tmp_path / "m", data_files, n_epochs=2).run()
+    path = tmp_path / "m" / "checkpoint" / "latest.msgpack"
+    payload = serialization.msgpack_restore(path.read_bytes())
+    identity = json.loads(payload["run_id"])
+    identity.pop("format", None)  # what the older layout's identity held
+    payload["run_id"] = json.dumps(identity, sort_keys=True)
+    path.write_bytes(serialization.msgpack_serialize(payload))
+    with caplog.at_level("WARNING", logger="apax_core.train.state"):
+        tiny_config(tmp_path / "m", data_files, n_epochs=2).run()
+    assert "starting afresh" in caplog.text
+
+
 def test_resume_after_the_outputs_were_deleted_equals_the_uninterrupted_run(
     data_files, tmp_path, monkeypatch
 ):

@@ -59,7 +59,7 @@ def load_checkpoint(directory: Path, template: TrainState, run_id: str) -> Train
         return None
     payload = serialization.msgpack_restore(path.read_bytes())
     if payload.get("run_id") != run_id:
-        log.warning("%s belongs to a different config or data set; starting afresh", path)
+        log.warning("%s belongs to another config, data set or layout; starting afresh", path)
         return None
     arrays = serialization.from_state_dict(
         {

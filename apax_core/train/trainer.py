@@ -294,11 +294,17 @@ def _epoch(setup: Setup, state: TrainState, epoch: int) -> tuple[TrainState, dic
     return state.replace(log=state.log + (row,)), row
 
 
+CHECKPOINT_FORMAT = 2
+"""Raised when the optimiser state's layout changes (2: the schedule became a step input), so
+that a checkpoint of an older layout is not resumed."""
+
+
 def run_identity(config: TrainConfig, data: TrainingData) -> str:
-    """What a checkpoint must match to be resumed: the spec and the data (structures and the
-    base model's parameters). Run arguments (paths, progress bar) never enter it."""
+    """What a checkpoint must match to be resumed: the spec, the data (structures and the base
+    model's parameters) and the checkpoint layout. Run arguments never enter it."""
     settings = config.model_dump(mode="json")
-    return json.dumps({"config": settings, "data": data.fingerprint()}, sort_keys=True)
+    identity = {"config": settings, "data": data.fingerprint(), "format": CHECKPOINT_FORMAT}
+    return json.dumps(identity, sort_keys=True)
 
 
 def _write_best_metrics(directory: Path, row: dict) -> None:
