@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from apax_core.files import atomic_write
+
 OUT = Path(__file__).resolve().parents[1] / "results" / "experiments"
 """The published results; ``--quick`` runs go to its ``quick/`` folder (not committed)."""
 
@@ -32,5 +34,5 @@ def settings(args: argparse.Namespace) -> dict:
 def write_json(args: argparse.Namespace, name: str, payload: dict) -> Path:
     """``name``.json in the run's output folder; returns the path stem for the figure."""
     stem = out_dir(args) / name
-    stem.with_suffix(".json").write_text(json.dumps(payload, indent=2, default=float))
+    atomic_write(stem.with_suffix(".json"), json.dumps(payload, indent=2, default=float))
     return stem

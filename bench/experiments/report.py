@@ -10,6 +10,8 @@ import json
 import os
 from pathlib import Path
 
+from apax_core.files import atomic_write
+
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "bench" / "results" / "experiments"
 DOC = ROOT / "docs" / "results.md"
@@ -218,7 +220,7 @@ def write_report(results: Path, doc: Path) -> None:
             parts.append(render(data[name], image))
         else:
             parts.append(f"## {name}\n\nNot run yet (`bench/experiments/{name}.py`).\n")
-    doc.write_text("\n".join(parts))
+    atomic_write(doc, "\n".join(parts))
     print(f"wrote {doc}")
 
 
