@@ -45,7 +45,7 @@ def map_batches(
     *,
     batch_size: int = 16,
     padding: Padding = BINNED,
-    progress: bool = False,
+    progress_bar: bool = False,
     desc: str = "predict",
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
     """Yield ``fn(params, batch)`` as host arrays restricted to the real structures, with their
@@ -59,7 +59,7 @@ def map_batches(
     total = -(-len(structures) // batch_size)
     with x64():
         batches = prefetch(padded_batches(structures, cutoff, batch_size, padding), 2)
-        for batch in tqdm(batches, total=total, desc=desc, disable=not progress):
+        for batch in tqdm(batches, total=total, desc=desc, disable=not progress_bar):
             real = batch.structure_mask
             out = {k: np.asarray(v)[real] for k, v in fn(params, batch).items()}
             yield out, batch.n_atoms[real]

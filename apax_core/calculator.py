@@ -100,7 +100,7 @@ class ApaxCalculator(Calculator):
         return batch
 
     def batch_eval(
-        self, frames: Sequence[ase.Atoms], batch_size: int = 16, progress: bool = True
+        self, frames: Sequence[ase.Atoms], batch_size: int = 16, progress_bar: bool = True
     ) -> list[ase.Atoms]:
         """Copies of ``frames`` with a SinglePointCalculator holding every result, in order,
         evaluated ``batch_size`` at a time in padded, jitted batches."""
@@ -113,7 +113,7 @@ class ApaxCalculator(Calculator):
             self.model.config.r_max,
             batch_size=batch_size,
             padding=self.padding,
-            progress=progress,
+            progress_bar=progress_bar,
             desc="batch_eval",
         )
         return [

@@ -134,7 +134,7 @@ def _cmd_eval(args) -> int:
 
     model = load_model(args.model)
     structures = [from_atoms(a) for a in read_frames(args.data)]
-    metrics = evaluate(model, structures, batch_size=args.batch_size, progress=True)
+    metrics = evaluate(model, structures, batch_size=args.batch_size, progress_bar=True)
     units = {"energy": "meV/atom", "forces": "meV/A", "stress": "meV/A^3"}
     print(f"{'quantity':<10}{'MAE':>12}{'RMSE':>12}  unit")
     for q, unit in units.items():
@@ -195,7 +195,7 @@ def _cmd_select(args) -> int:
             method,
             batch_size=args.batch_size,
             rank_all=not args.no_curve,
-            progress=True,
+            progress_bar=True,
         )
     except (ValueError, FileNotFoundError) as err:  # bad input: one clear message
         print(err, file=sys.stderr)

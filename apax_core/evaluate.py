@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from apax_core.data import Structure
+from apax_core.frame_predictions import predict
 from apax_core.model_dir import Model
-from apax_core.predict import predict
 
 
 def error_metrics(preds: list[dict], structures: Sequence[Structure]) -> dict[str, float]:
@@ -40,8 +40,14 @@ def error_metrics(preds: list[dict], structures: Sequence[Structure]) -> dict[st
 
 
 def evaluate(
-    model: Model, structures: Sequence[Structure], *, batch_size: int = 16, progress: bool = False
+    model: Model,
+    structures: Sequence[Structure],
+    *,
+    batch_size: int = 16,
+    progress_bar: bool = False,
 ) -> dict[str, float]:
     stress = any(s.stress is not None for s in structures)
-    preds = predict(model, structures, batch_size=batch_size, stress=stress, progress=progress)
+    preds = predict(
+        model, structures, batch_size=batch_size, stress=stress, progress_bar=progress_bar
+    )
     return error_metrics(preds, structures)

@@ -15,9 +15,9 @@ from scipy.special import erfinv
 from scipy.stats import spearmanr
 
 from apax_core.data import Structure
+from apax_core.frame_predictions import predict
 from apax_core.model_dir import Model
 from apax_core.plots import reliability_png, write_csv
-from apax_core.predict import predict
 from apax_core.transforms import Calibration
 
 

@@ -9,7 +9,7 @@ import ase
 import zntrack
 
 from apax_core.data import from_atoms
-from apax_core.predict import predict
+from apax_core.frame_predictions import predict
 from apax_core.uq import calibrate_model, uncertainty_metrics
 from apax_nodes.errors import one_line_errors
 from apax_nodes.model import ModelNode, local_model_dir

@@ -11,8 +11,8 @@ import zntrack
 
 from apax_core.data import from_atoms
 from apax_core.evaluate import error_metrics
+from apax_core.frame_predictions import calculator_predictions, predict
 from apax_core.plots import parity_png
-from apax_core.predict import calculator_predictions, predict
 from apax_core.uq import reliability_diagram, uncalibrated, uncertainty_metrics
 from apax_nodes.errors import one_line_errors
 
@@ -38,7 +38,7 @@ class Evaluate(zntrack.Node):
         if hasattr(self.model, "get_model"):
             model = self.model.get_model()
             mode = "uncertainty" if model.config.n_members > 1 else "forces"
-            preds = predict(model, structures, mode=mode, progress=True)
+            preds = predict(model, structures, mode=mode, progress_bar=True)
         else:  # a model of another package: its ASE calculator
             model, preds = None, calculator_predictions(self.model.get_calculator(), frames)
         metrics = error_metrics(preds, structures)

@@ -74,7 +74,7 @@ class Select(zntrack.Node):
             self.n,
             method,
             rank_all=True,
-            progress=True,
+            progress_bar=True,
         )
 
     @property

@@ -30,10 +30,10 @@ from train_speed import epoch_times, train_config
 from apax_core.config import PadToMax
 from apax_core.data import Dataset, from_atoms, read_frames
 from apax_core.evaluate import error_metrics
+from apax_core.frame_predictions import predict
 from apax_core.model import build_model, init_params
 from apax_core.model_dir import Model, load_model
 from apax_core.precision import x64
-from apax_core.predict import predict
 from apax_core.predictor import compiled
 from apax_core.train.data import data_statistics, model_elements
 from apax_core.uq import fit_calibration, uncertainty_metrics

@@ -195,7 +195,7 @@ def test_calibration_scales_spreads_not_means(shallow, shallow_calc):
 
 def test_batch_eval_matches_single_calls(shallow, shallow_calc):
     frames = [cuag(seed=1), cuag(repeat=(1, 1, 2), seed=2), bulk("Cu", "fcc", a=3.6), cuag(seed=3)]
-    out = shallow_calc.batch_eval(frames, batch_size=3, progress=False)
+    out = shallow_calc.batch_eval(frames, batch_size=3, progress_bar=False)
     assert len(out) == 4 and all(o is not f for o, f in zip(out, frames, strict=True))
     for atoms, done in zip(frames, out, strict=True):
         ref = compute(shallow_calc, atoms)

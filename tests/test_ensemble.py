@@ -13,9 +13,9 @@ from scipy.stats import norm
 
 from apax_core.config import LossTerm
 from apax_core.data import from_atoms, read_frames
+from apax_core.frame_predictions import predict
 from apax_core.model_dir import load_model
 from apax_core.precision import x64
-from apax_core.predict import predict
 from apax_core.train.losses import crps, nll
 from apax_core.transforms import ENSEMBLE_DDOF, Calibration
 from apax_core.uq import fit_calibration, miscalibration_area, uncertainty_metrics

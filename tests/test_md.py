@@ -33,8 +33,8 @@ from apax_core.data import DataError
 from apax_core.md import engine as md_engine
 from apax_core.md import read_trajectory, run_md
 from apax_core.md.checks import reason_code, reasons, validate
-from apax_core.md.energy import dynamics_energy
 from apax_core.md.integrators import integrator, kinetic_temperature
+from apax_core.md.model_adapter import dynamics_energy
 from apax_core.md.neighbours import allocate, make_space, neighbour_fns
 from apax_core.md.schedules import temperature_fn
 from apax_core.precision import x64

@@ -20,7 +20,7 @@ from flax import serialization
 from apax_core.batching import map_batches, map_structures, unpad
 from apax_core.calculator import ApaxCalculator
 from apax_core.data import from_atoms
-from apax_core.predict import predict
+from apax_core.frame_predictions import predict
 from apax_core.predictor import compiled
 from apax_core.select import compute_features, uncertainties
 from apax_core.transforms import UDD, Calibration

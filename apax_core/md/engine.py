@@ -32,7 +32,6 @@ from apax_core.config.md import MDConfig
 from apax_core.data import species_index
 from apax_core.md import checkpoint as ckpt
 from apax_core.md import checks as stop
-from apax_core.md.energy import dynamics_energy, structure
 from apax_core.md.integrators import integrator, kinetic_temperature, kT_of
 from apax_core.md.io import (
     append_frames,
@@ -41,6 +40,7 @@ from apax_core.md.io import (
     truncate,
     write_status,
 )
+from apax_core.md.model_adapter import dynamics_energy, structure
 from apax_core.md.neighbours import (
     allocate,
     check_cell,

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 
 from apax_core.config import FullEnsemble, ModelConfig, ShallowEnsemble
 from apax_core.data.batch import two_atoms
-from apax_core.model.energy import EnergyModel, ModelStatistics
 from apax_core.model.gmnn import descriptor_size
+from apax_core.model.potential import EnergyModel, ModelStatistics
 
 __all__ = [
     "EnergyModel",

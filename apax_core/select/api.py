@@ -11,8 +11,8 @@ import numpy as np
 
 from apax_core.config import MaxDistance, MaxUncertainty, RandomSelection, SelectionMethod
 from apax_core.data import DataError, Structure, species_index
+from apax_core.frame_predictions import calculator_predictions
 from apax_core.model_dir import Model
-from apax_core.predict import calculator_predictions
 from apax_core.select.baselines import (
     random_selection,
     spaced_top_k,
@@ -85,7 +85,7 @@ def select(
     *,
     batch_size: int = 4,
     rank_all: bool = False,
-    progress: bool = False,
+    progress_bar: bool = False,
 ) -> Selection:
     """Select up to ``n`` pool structures with ``config`` (default: max distance in the
     last-layer-gradient feature space, eq. 11-12). A pool shorter than ``n`` gives all its
@@ -109,12 +109,12 @@ def select(
         return Selection(indices, np.full(len(indices), np.nan), config)
     if isinstance(config, MaxUncertainty):
         scores = uncertainties(
-            model, pool, config.quantity, batch_size=batch_size, progress=progress
+            model, pool, config.quantity, batch_size=batch_size, progress_bar=progress_bar
         )
         indices = spaced_top_k(scores, n, config.min_spacing)
         return Selection(indices, scores[indices], config)
     if isinstance(config, MaxDistance):
-        return _max_distance(model, train, pool, n, config, batch_size, rank_all, progress)
+        return _max_distance(model, train, pool, n, config, batch_size, rank_all, progress_bar)
     raise TypeError(f"unknown selection method {config!r}")
 
 
@@ -133,7 +133,7 @@ def select_with_calculator(calc, pool: Sequence, n: int, config: SelectionMethod
     return Selection(indices, scores[indices], config)
 
 
-def _max_distance(model, train, pool, n, config: MaxDistance, batch_size, rank_all, progress):
+def _max_distance(model, train, pool, n, config: MaxDistance, batch_size, rank_all, progress_bar):
     def features(structures):
         return compute_features(
             model,
@@ -142,7 +142,7 @@ def _max_distance(model, train, pool, n, config: MaxDistance, batch_size, rank_a
             projection_dim=config.projection_dim,
             projection_seed=config.projection_seed,
             batch_size=batch_size,
-            progress=progress,
+            progress_bar=progress_bar,
         )
 
     train_f, pool_f = features(train), features(pool)

@@ -59,7 +59,7 @@ def uncertainties(
     quantity: Quantity = "energy",
     *,
     batch_size: int = 4,
-    progress: bool = False,
+    progress_bar: bool = False,
 ) -> np.ndarray:
     """Per-structure uncertainty, (n_structures,): the energy standard deviation over the
     members (eV; a forward pass), or the largest norm of an atom's force standard deviations
@@ -73,7 +73,7 @@ def uncertainties(
         structures,
         model.config.r_max,
         batch_size=batch_size,
-        progress=progress,
+        progress_bar=progress_bar,
         desc=f"{quantity} uncertainty",
     )
     return uncertainty_scores(preds, quantity)

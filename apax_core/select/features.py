@@ -43,7 +43,7 @@ def compute_features(
     projection_dim: int | None = None,
     projection_seed: int = 0,
     batch_size: int = 4,
-    progress: bool = False,
+    progress_bar: bool = False,
 ) -> np.ndarray:
     """Features (n_structures, D) in fp64, optionally randomly projected to ``projection_dim``.
 
@@ -70,7 +70,7 @@ def compute_features(
         structures,
         model.config.r_max,
         batch_size=batch_size,
-        progress=progress,
+        progress_bar=progress_bar,
         desc=kind,
     )
     return np.concatenate([post(out["features"]) for out, _ in batches])

@@ -9,7 +9,7 @@ from apax_core.transforms.base import (
     wrapped_apply,
 )
 from apax_core.transforms.calibration import CALIBRATION, Calibration
-from apax_core.transforms.energy import (
+from apax_core.transforms.derivatives import (
     batched,
     energy_forces_stress,
     inverse_volume,

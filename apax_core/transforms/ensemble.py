@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from apax_core.data.batch import Batch
-from apax_core.transforms.energy import inverse_volume, total_energies, zero_strain
+from apax_core.transforms.derivatives import inverse_volume, total_energies, zero_strain
 
 ENSEMBLE_DDOF = 1
 """Uncertainties are sample standard deviations over members (ddof=1), for every ensemble kind."""

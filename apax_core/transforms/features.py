@@ -17,7 +17,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from apax_core.transforms.energy import total_energies, zero_strain
+from apax_core.transforms.derivatives import total_energies, zero_strain
 
 FeatureMapName = Literal["last_layer_gradient", "descriptor_mean"]
 FeatureFn = Callable[..., jax.Array]

@@ -33,10 +33,10 @@ from selection_efficacy import LOSS, MODEL, alloy, datasets
 from apax_core.config import MDConfig, TrainConfig
 from apax_core.data import from_atoms
 from apax_core.evaluate import error_metrics
+from apax_core.frame_predictions import predict
 from apax_core.md import read_trajectory
 from apax_core.md.walkers import run_walkers
 from apax_core.model_dir import load_model
-from apax_core.predict import predict
 from apax_core.select import select
 from apax_core.train.trainer import train
 from apax_core.uq import uncalibrated, uncertainty_metrics

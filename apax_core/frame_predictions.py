@@ -40,7 +40,7 @@ def predict(
     stress: bool = True,
     batch_size: int = 16,
     padding: Padding = BINNED,
-    progress: bool = False,
+    progress_bar: bool = False,
 ) -> list[dict[str, np.ndarray]]:
     """``mode`` predictions (calibrated) of each structure, unpadded, in input order.
 
@@ -55,6 +55,6 @@ def predict(
         model.config.r_max,
         batch_size=batch_size,
         padding=padding,
-        progress=progress,
+        progress_bar=progress_bar,
         desc=mode,
     )
