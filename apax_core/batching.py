@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from apax_core.config import PadBinned, Padding
 from apax_core.data import Batch, DataError, Structure, collate, neighbour_list, pad_sizes, prefetch
+from apax_core.errors import InputError
 from apax_core.precision import x64
 from apax_core.transforms import PER_ATOM_KEYS
 
@@ -39,7 +40,7 @@ def padded_batches(
 
 def map_batches(
     fn: Callable,
-    params,
+    variables,
     structures: Sequence[Structure],
     cutoff: float,
     *,
@@ -48,11 +49,12 @@ def map_batches(
     progress_bar: bool = False,
     desc: str = "predict",
 ) -> Iterator[tuple[dict[str, np.ndarray], np.ndarray]]:
-    """Yield ``fn(params, batch)`` as host arrays restricted to the real structures, with their
-    atom counts, batch by batch (per-atom arrays are still padded on the atom axis)."""
+    """Yield ``fn(variables, batch)`` (e.g. a compiled predictor and ``Model.variables``) as
+    host arrays restricted to the real structures, with their atom counts, batch by batch
+    (per-atom arrays are still padded on the atom axis)."""
     structures = list(structures)
     if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}")
+        raise InputError(f"batch_size must be positive, got {batch_size}")
     empty = [k for k, s in enumerate(structures) if s.n_atoms == 0]
     if empty:
         raise DataError(f"structure {empty[0]} has no atoms")
@@ -61,7 +63,7 @@ def map_batches(
         batches = prefetch(padded_batches(structures, cutoff, batch_size, padding), 2)
         for batch in tqdm(batches, total=total, desc=desc, disable=not progress_bar):
             real = batch.structure_mask
-            out = {k: np.asarray(v)[real] for k, v in fn(params, batch).items()}
+            out = {k: np.asarray(v)[real] for k, v in fn(variables, batch).items()}
             yield out, batch.n_atoms[real]
 
 
@@ -74,9 +76,8 @@ def unpad(out: dict[str, np.ndarray], n_atoms: np.ndarray) -> list[dict[str, np.
 
 
 def map_structures(
-    fn: Callable, params, structures: Sequence[Structure], cutoff: float, **kwargs
+    fn: Callable, variables, structures: Sequence[Structure], cutoff: float, **kwargs
 ) -> list[dict[str, np.ndarray]]:
     """``fn`` of every structure, unpadded, in input order (keywords as :func:`map_batches`)."""
-    return [
-        r for out, n in map_batches(fn, params, structures, cutoff, **kwargs) for r in unpad(out, n)
-    ]
+    batches = map_batches(fn, variables, structures, cutoff, **kwargs)
+    return [r for out, n in batches for r in unpad(out, n)]

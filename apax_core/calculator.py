@@ -10,7 +10,8 @@ Neighbours come from vesin (correct for cells of any size: an atom sees all its 
 skin: the list of pairs within ``r_max + skin`` is reused until an atom has moved more than
 ``skin / 2``, or numbers, cell or periodicity change. Atoms and neighbour slots are padded up to
 bins, so the jitted function recompiles only when a padding bin changes; predictions go through
-:func:`apax_core.predictor.compiled`, so calculators of equal models share compilations.
+:func:`apax_core.predictor.compiled`, so calculators of one architecture share compilations
+whatever their parameters and calibration.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ class ApaxCalculator(Calculator):
         structure = from_atoms(self.atoms)
         species_index(structure.Z, self.model.stats.elements, source="ApaxCalculator")
         with x64():
-            out = jax.tree.map(np.asarray, self._fn(self.model.params, self._batch(structure)))
+            out = jax.tree.map(np.asarray, self._fn(self.model.variables, self._batch(structure)))
         pred = {k: v[0] for k, v in out.items()}
         self.results = ase_results(pred, structure.n_atoms, bool(structure.pbc.any()))
 
@@ -108,7 +109,7 @@ class ApaxCalculator(Calculator):
         species_index(structures, self.model.stats.elements, source="batch_eval")
         preds = map_structures(
             self._fn,
-            self.model.params,
+            self.model.variables,
             structures,
             self.model.config.r_max,
             batch_size=batch_size,

@@ -5,13 +5,23 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
+from typing import Literal, get_args, get_origin
 
 import yaml
+from pydantic import ValidationError
 
-from apax_core.config import ConfigError, MDConfig, MDRun, TrainConfig, TrainRun, load_job
+from apax_core.config import (
+    ConfigError,
+    MDConfig,
+    MDRun,
+    TrainConfig,
+    TrainRun,
+    format_errors,
+    load_job,
+)
+from apax_core.errors import InputError, show_traceback
 
 MINIMAL_TRAIN = """\
 # apax-core training: run arguments (where from, where to) and the spec (what to train).
@@ -117,10 +127,7 @@ def _cmd_template(args) -> int:
 def _cmd_train(args) -> int:
     from apax_core.train.trainer import train_run
 
-    job = _load("train", args.config)
-    if job is None:
-        return BAD_INPUT
-    spec, run = job
+    spec, run = load_job(args.config, *JOBS["train"])
     directory = train_run(spec, run)
     print(json.dumps(json.loads((directory / "metrics.json").read_text()), indent=2))
     return 0
@@ -163,18 +170,11 @@ def _cmd_calibrate(args) -> int:
 
 
 def _select_method(args):
-    from apax_core.config import MaxDistance, MaxUncertainty, RandomSelection
+    """The spec of ``--method`` with every one of its fields from the flags of the same name."""
+    from apax_core.config.select import SELECTION_METHODS
 
-    if args.method == "random":
-        return RandomSelection(seed=args.seed)
-    if args.method == "max_uncertainty":
-        return MaxUncertainty(quantity=args.quantity, min_spacing=args.min_spacing)
-    return MaxDistance(
-        feature_map=args.feature_map,
-        projection_dim=args.projection_dim,
-        projection_seed=args.seed,
-        min_distance=args.min_distance,
-    )
+    spec = SELECTION_METHODS[args.method]
+    return spec(**{name: getattr(args, name) for name in spec.model_fields if name != "kind"})
 
 
 def _cmd_select(args) -> int:
@@ -185,21 +185,20 @@ def _cmd_select(args) -> int:
 
     try:
         method = _select_method(args)
-        train_frames, pool_frames = read_frames(args.train), read_frames(args.pool)
-        model = load_model(args.model)
-        selection = select(
-            model,
-            [from_atoms(a) for a in train_frames],
-            [from_atoms(a) for a in pool_frames],
-            args.n,
-            method,
-            batch_size=args.batch_size,
-            rank_all=not args.no_curve,
-            progress_bar=True,
-        )
-    except (ValueError, FileNotFoundError) as err:  # bad input: one clear message
-        print(err, file=sys.stderr)
-        return BAD_INPUT
+    except ValidationError as err:  # bad flags are bad input, named by option
+        raise ConfigError(format_errors(err, "the select options")) from None
+    train_frames, pool_frames = read_frames(args.train), read_frames(args.pool)
+    model = load_model(args.model)
+    selection = select(
+        model,
+        [from_atoms(a) for a in train_frames],
+        [from_atoms(a) for a in pool_frames],
+        args.n,
+        method,
+        batch_size=args.batch_size,
+        rank_all=not args.no_curve,
+        progress_bar=True,
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_frames(out / "selected.extxyz", [pool_frames[i] for i in selection.indices])
@@ -218,18 +217,11 @@ def _cmd_md(args) -> int:
     from apax_core.md import run_md
     from apax_core.model_dir import load_model
 
-    job = _load("md", args.config)
-    if job is None:
-        return BAD_INPUT
-    spec, run = job
+    spec, run = load_job(args.config, *JOBS["md"])
     flags = {"structure": args.structure, "index": args.index, "directory": args.directory}
     run = run.model_copy(update={k: v for k, v in flags.items() if v is not None})
     if run.structure is None:
-        print(
-            "md: no initial structure (set `structure` in the config or --structure)",
-            file=sys.stderr,
-        )
-        return BAD_INPUT
+        raise InputError("no initial structure (set `structure` in the config or --structure)")
     model = load_model(args.model)
     frames = read_frames(run.structure)
     if not -len(frames) <= run.index < len(frames):
@@ -248,30 +240,44 @@ def _cmd_md(args) -> int:
     return 0
 
 
+def _flag_type(annotation) -> tuple[type, list | None]:
+    """(argparse type, choices) of a spec field's annotation: a Literal gives its values as
+    choices; None and constraints are dropped (the spec validates the values)."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return type(args[0]), args
+    return _flag_type(args[0]) if args else (annotation, None)
+
+
+def _spec_flags(group) -> None:
+    """``--method`` and one flag per field of every selection method, named, typed, defaulted
+    and documented from the spec itself, so the command line and the spec cannot drift."""
+    from apax_core.config.select import SELECTION_METHODS
+
+    kinds = list(SELECTION_METHODS)
+    group.add_argument("--method", default=kinds[0], choices=kinds, help="selection method")
+    for kind, spec in SELECTION_METHODS.items():
+        for name, field in spec.model_fields.items():
+            if name == "kind":
+                continue
+            flag_type, choices = _flag_type(field.annotation)
+            doc = (field.description or "").replace("%", "%%")
+            group.add_argument(
+                f"--{name.replace('_', '-')}",
+                type=flag_type,
+                choices=choices,
+                default=field.default,
+                help=f"{kind}: {doc} (default: {field.default})",
+            )
+
+
 def _select_parser(sub) -> None:
     se = sub.add_parser("select", help="choose pool structures to label next (batch selection)")
     se.add_argument("model", help="model directory")
     se.add_argument("train", help="training structures (selection avoids their neighbourhood)")
     se.add_argument("pool", help="candidate structures")
     se.add_argument("-n", type=int, required=True, help="how many structures to select")
-    se.add_argument(
-        "--method", default="max_distance", choices=["max_distance", "random", "max_uncertainty"]
-    )
-    se.add_argument(
-        "--feature-map",
-        default="last_layer_gradient",
-        choices=["last_layer_gradient", "descriptor_mean"],
-    )
-    se.add_argument("--projection-dim", type=int, help="random projection to this dimension")
-    se.add_argument("--min-distance", type=float, help="stop below this feature distance")
-    se.add_argument("--seed", type=int, default=0, help="random selection / projection seed")
-    se.add_argument(
-        "--quantity",
-        default="energy",
-        choices=["energy", "forces"],
-        help="uncertainty used by max_uncertainty",
-    )
-    se.add_argument("--min-spacing", type=int, default=1, help="max_uncertainty: index spacing")
+    _spec_flags(se.add_argument_group("selection spec (apax_core.config.select)"))
     se.add_argument("--batch-size", type=int, default=4)
     se.add_argument(
         "--no-curve", action="store_true", help="skip ranking the whole pool (no distance curve)"
@@ -324,15 +330,16 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a command. Bad input (a config, data, file, element or cell problem) is one line
-    on stderr naming the file, structure or field, and exit code 2; a traceback means a bug.
+    """Run a command. Bad input (an :class:`~apax_core.errors.InputError`: a config, data,
+    file, element or cell problem) is one line on stderr naming the file, structure or field,
+    and exit code 2; any other exception is a bug and keeps its traceback.
     ``APAX_TRACEBACK=1`` shows the traceback of bad input too."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ValueError, FileNotFoundError, IsADirectoryError) as err:
-        if os.environ.get("APAX_TRACEBACK"):
+    except InputError as err:
+        if show_traceback():
             raise
         print(f"apax-core {args.command}: {err}", file=sys.stderr)
         return BAD_INPUT

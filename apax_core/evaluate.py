@@ -8,34 +8,19 @@ import numpy as np
 
 from apax_core.data import Structure
 from apax_core.frame_predictions import predict
+from apax_core.labels import LABELS
 from apax_core.model_dir import Model
+from apax_core.residuals import structure_errors
 
 
 def error_metrics(preds: list[dict], structures: Sequence[Structure]) -> dict[str, float]:
-    """MAE and RMSE of every label present in the reference structures."""
+    """MAE and RMSE of every label present in the reference structures (and the predictions)."""
     out: dict[str, float] = {"n_structures": len(structures)}
-    pairs = {
-        "energy": [
-            ((p["energy"] - s.energy) / s.n_atoms,)
-            for p, s in zip(preds, structures, strict=True)
-            if s.energy is not None
-        ],
-        "forces": [
-            (p["forces"] - s.forces).ravel()
-            for p, s in zip(preds, structures, strict=True)
-            if s.forces is not None
-        ],
-        "stress": [
-            (p["stress"] - s.stress).ravel()
-            for p, s in zip(preds, structures, strict=True)
-            if s.stress is not None and "stress" in p
-        ],
-    }
-    for key, errs in pairs.items():
-        if errs:
-            err = np.concatenate([np.atleast_1d(e) for e in errs])
-            out[f"{key}_mae"] = 1000.0 * float(np.mean(np.abs(err)))
-            out[f"{key}_rmse"] = 1000.0 * float(np.sqrt(np.mean(err**2)))
+    for q in LABELS:
+        err = structure_errors(preds, structures, q)
+        if err.size:
+            out[f"{q}_mae"] = 1000.0 * float(np.mean(np.abs(err)))
+            out[f"{q}_rmse"] = 1000.0 * float(np.sqrt(np.mean(err**2)))
     return out
 
 

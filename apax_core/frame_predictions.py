@@ -50,7 +50,7 @@ def predict(
     fn = compiled(model, mode, stress=stress)
     return map_structures(
         fn,
-        model.params,
+        model.variables,
         structures,
         model.config.r_max,
         batch_size=batch_size,

@@ -15,13 +15,14 @@ import json
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import yaml
 from flax import serialization
-from pydantic import TypeAdapter
 
-from apax_core.config import ModelConfig, TrainConfig
+from apax_core.config import ModelConfig, TrainConfig, validate
+from apax_core.errors import MissingInput
 from apax_core.files import atomic_write
 from apax_core.model import (
     EnergyModel,
@@ -37,6 +38,15 @@ from apax_core.transforms.calibration import Calibration
 CONFIG, STATS, PARAMS = "config.yaml", "statistics.json", "params.msgpack"
 
 
+class Variables(NamedTuple):
+    """What a compiled prediction takes besides the structure. Both are inputs, not constants
+    of the program, so retrained and recalibrated models of one architecture share it."""
+
+    params: dict
+    calibration: Calibration
+    """Applied by the predictor as the last results transform (a pytree of two factors)."""
+
+
 @dataclass(frozen=True)
 class Model:
     """A model: its config, statistics, parameters, and the flax module they belong to."""
@@ -46,6 +56,11 @@ class Model:
     params: dict
     calibration: Calibration = Calibration()
     """Post-hoc factors for the ensemble spreads (calibration.json; 1 if never calibrated)."""
+
+    @property
+    def variables(self) -> Variables:
+        """The inputs of this model's compiled predictions (every consumer passes these)."""
+        return Variables(self.params, self.calibration)
 
     @cached_property
     def module(self) -> EnergyModel:
@@ -86,9 +101,9 @@ def load_model(path: str | Path) -> Model:
     directory = Path(path)
     missing = [f for f in (CONFIG, STATS, PARAMS) if not (directory / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"{directory} is not a model directory: missing {missing}")
+        raise MissingInput(f"{directory} is not a model directory: missing {missing}")
     raw = yaml.safe_load((directory / CONFIG).read_text()) or {}
-    config = TypeAdapter(ModelConfig).validate_python(raw.get("model", {}))
+    config = validate(ModelConfig, raw.get("model", {}), f"{directory / CONFIG} (model section)")
     stats = read_stats(directory)
     module = build_model(config, stats)
     with x64():  # shapes only: initialising for real runs the model eagerly (seconds)

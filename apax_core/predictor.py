@@ -1,9 +1,11 @@
 """The one prediction path: what to compute for a model, as one jitted per-structure function.
 
 :func:`predictor` turns a model (any kind: single, shallow or full ensemble) and a mode into a
-pure function ``(params, one padded structure) -> dict``, with the given transforms (e.g. UDD)
-and then the model's stored calibration applied. Every consumer (trainer, predict and evaluate,
-the ASE calculator, the MD engine, selection) calls it; none asks which kind of model it has.
+pure function ``(variables, one padded structure) -> dict``, with the given transforms (e.g.
+UDD) and then the calibration applied. ``variables`` is :attr:`Model.variables` (parameters and
+calibration factors: inputs, so one compilation serves retrained and recalibrated models). Every
+consumer (trainer, predict and evaluate, the ASE calculator, the MD engine, selection) calls it;
+none asks which kind of model it has.
 
 Modes:
 
@@ -25,8 +27,9 @@ from typing import Literal, get_args
 import jax
 import jax.numpy as jnp
 
+from apax_core.config import FeatureMapName
 from apax_core.data.batch import Batch
-from apax_core.model_dir import Model
+from apax_core.model_dir import Model, Variables
 from apax_core.transforms import (
     Transform,
     batched,
@@ -39,11 +42,10 @@ from apax_core.transforms import (
     wrapped_apply,
     zero_strain,
 )
-from apax_core.transforms.features import FeatureMapName
 
-Mode = Literal["energy", "forces", "uncertainty", "last_layer_gradient", "descriptor_mean"]
+Mode = Literal["energy", "forces", "uncertainty"] | FeatureMapName
 FEATURE_MODES = frozenset(get_args(FeatureMapName))
-Predictor = Callable[[dict, Batch], dict]
+Predictor = Callable[[Variables, Batch], dict]
 
 
 def predictor(
@@ -53,27 +55,26 @@ def predictor(
     stress: bool = True,
     transforms: Sequence[Transform] = (),
 ) -> Predictor:
-    """(params, one structure) -> predictions of ``mode`` (see the module docstring).
+    """(variables, one structure) -> predictions of ``mode`` (see the module docstring).
 
     ``transforms`` apply in order (energy hooks innermost first, then results hooks), followed
-    by the model's stored calibration. A full ensemble under an energy transform is evaluated
+    by ``variables.calibration``. A full ensemble under an energy transform is evaluated
     through the transformed stacked apply, because a bias couples the members.
     """
     if mode in FEATURE_MODES:
         if transforms:
             raise ValueError(f"feature mode {mode!r} takes no transforms")
         fn = feature_map(model, mode)
-        return lambda params, s: {"features": fn(params, s)}
+        return lambda variables, s: {"features": fn(variables.params, s)}
     if mode not in ("energy", "forces", "uncertainty"):
         raise ValueError(f"unknown prediction mode {mode!r}")
-    chain = (*transforms, *(() if model.calibration.is_identity else (model.calibration,)))
-    for t in chain:
+    for t in transforms:
         t.check(model)
-    compute = _compute(model, mode, stress, chain)
+    compute = _compute(model, mode, stress, transforms)
 
-    def predict(params, s: Batch) -> dict:
-        out = compute(params, s)
-        for t in chain:
+    def predict(variables: Variables, s: Batch) -> dict:
+        out = compute(variables.params, s)
+        for t in (*transforms, variables.calibration):
             out = t.results(out)
         return out
 
@@ -115,14 +116,21 @@ def compiled(
     *,
     stress: bool = True,
     transforms: Sequence[Transform] = (),
-) -> Callable[[dict, Batch], dict]:
-    """The jitted, batched :func:`predictor`. Parameters are an argument, so one compilation
-    serves every model of the same architecture, statistics, calibration and transforms."""
-    key = (type(model.config), model.config.model_dump_json(), model.stats, model.calibration)
-    return _compiled(*key, mode, stress, tuple(transforms))
+) -> Callable[[Variables, Batch], dict]:
+    """The jitted, batched :func:`predictor`, ``(variables, batch) -> dict``. Parameters and
+    calibration are arguments, so one compilation serves every model of the same architecture
+    and transforms."""
+    return _compiled(architecture(model), mode, stress, tuple(transforms))
+
+
+def architecture(model: Model) -> tuple:
+    """The hashable part of ``model`` a compiled prediction depends on: the config and the
+    statistics (not the parameters or the calibration, which are inputs)."""
+    return type(model.config), model.config.model_dump_json(), model.stats
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(config_type, config_json, stats, calibration, mode, stress, transforms):
-    model = Model(config_type.model_validate_json(config_json), stats, None, calibration)
+def _compiled(arch: tuple, mode, stress, transforms):
+    config_type, config_json, stats = arch
+    model = Model(config_type.model_validate_json(config_json), stats, None)
     return jax.jit(batched(predictor(model, mode, stress=stress, transforms=transforms)))

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
-import os
 import pickle
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -26,6 +25,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from apax_core.config import DaskExecutor, Executor, Processes
+from apax_core.files import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -55,9 +55,7 @@ class TaskStore:
         return pickle.loads(self._path(key).read_bytes())
 
     def put(self, key: str, result) -> None:
-        tmp = self._path(key).with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_bytes(pickle.dumps(result))
-        os.replace(tmp, self._path(key))
+        atomic_write(self._path(key), pickle.dumps(result))
 
 
 def run_tasks(

@@ -15,23 +15,12 @@ from scipy.special import erfinv
 from scipy.stats import spearmanr
 
 from apax_core.data import Structure
+from apax_core.errors import InputError
 from apax_core.frame_predictions import predict
 from apax_core.model_dir import Model
 from apax_core.plots import reliability_png, write_csv
+from apax_core.residuals import errors_and_sigmas
 from apax_core.transforms import Calibration
-
-
-def errors_and_sigmas(preds: list[dict], structures: Sequence[Structure], quantity: str):
-    """Flattened errors and predicted standard deviations; energies per atom."""
-    err, sig = [], []
-    for p, s in zip(preds, structures, strict=True):
-        if quantity == "energy":
-            err.append([(p["energy"] - s.energy) / s.n_atoms])
-            sig.append([p["energy_uncertainty"] / s.n_atoms])
-        else:
-            err.append(np.ravel(p["forces"] - s.forces))
-            sig.append(np.ravel(p["forces_uncertainty"]))
-    return np.concatenate(err), np.concatenate(sig)
 
 
 def fit_calibration(preds: list[dict], structures: Sequence[Structure]) -> Calibration:
@@ -48,7 +37,7 @@ def calibrate_model(model: Model, structures: Sequence[Structure], batch_size: i
     """``model`` with its calibration refitted on (validation) ``structures``: the new factors
     are fitted to its calibrated predictions and composed with the stored ones."""
     if model.config.n_members < 2:
-        raise ValueError("calibration needs an ensemble model (config.model.ensemble)")
+        raise InputError("calibration needs an ensemble model (config.model.ensemble)")
     preds = predict(model, structures, mode="uncertainty", batch_size=batch_size)
     fitted = model.calibration * fit_calibration(preds, structures)
     return dataclasses.replace(model, calibration=fitted)

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ase
 import zntrack
 
 from apax_core.data.sampling import bootstrap
 from apax_nodes.errors import one_line_errors
-from apax_nodes.frames import read_h5, write_h5
+from apax_nodes.frames import FramesNode, write_h5
 
 
 @one_line_errors
-class Bootstrap(zntrack.Node):
+class Bootstrap(FramesNode):
     """``n`` rattled and strained copies of the input structures (cycled), seeded."""
 
     data: list[ase.Atoms] = zntrack.deps()
@@ -23,12 +21,7 @@ class Bootstrap(zntrack.Node):
     strain: float = zntrack.params(0.02)
     """Largest strain component of the random symmetric strain."""
     seed: int = zntrack.params(0)
-    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
 
     def run(self) -> None:
         frames = bootstrap(self.data, self.n, self.rattle, self.strain, self.seed)
         write_h5(self.frames_path, frames)
-
-    @property
-    def frames(self) -> list[ase.Atoms]:
-        return read_h5(self, self.frames_path)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import ase
 import zntrack
 from ase.build import bulk
 
 from apax_nodes.errors import one_line_errors
-from apax_nodes.frames import read_h5, write_h5
+from apax_nodes.frames import FramesNode, write_h5
 
 
 @one_line_errors
-class BuildBulk(zntrack.Node):
+class BuildBulk(FramesNode):
     """A periodic crystal (``ase.build.bulk``), repeated, optionally with vacancies."""
 
     element: str = zntrack.params("Cu")
@@ -22,13 +19,8 @@ class BuildBulk(zntrack.Node):
     cubic: bool = zntrack.params(True)
     repeat: list[int] = zntrack.params(default_factory=lambda: [2, 2, 2])
     vacancies: int = zntrack.params(0)
-    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
 
     def run(self) -> None:
         atoms = bulk(self.element, self.crystal, a=self.a, cubic=self.cubic).repeat(self.repeat)
         del atoms[list(range(self.vacancies))]
         write_h5(self.frames_path, [atoms])
-
-    @property
-    def frames(self) -> list[ase.Atoms]:
-        return read_h5(self, self.frames_path)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import yaml
 
+from apax_core.errors import show_traceback
 from apax_nodes.report import format_table
 
 
@@ -31,6 +32,8 @@ def report(rev: str | None) -> int:
         try:
             rows = zntrack.from_rev(name, rev=rev).rows
         except Exception as err:  # noqa: BLE001 - not run yet, or no such revision
+            if show_traceback():
+                raise
             print(
                 f"apax-nodes report: {name}: no results ({type(err).__name__}); `dvc repro` it",
                 file=sys.stderr,

@@ -11,11 +11,11 @@ import zntrack
 
 from apax_core.data.sampling import split_indices
 from apax_nodes.errors import one_line_errors
-from apax_nodes.frames import read_h5, write_h5
+from apax_nodes.frames import FramesNode, read_h5, write_h5
 
 
 @one_line_errors
-class Dataset(zntrack.Node):
+class Dataset(FramesNode):
     """``previous`` plus ``new`` frames, of which ``val_fraction`` join the validation set (so
     the validation set grows with the data and every model is calibrated on the new regime)."""
 
@@ -27,7 +27,6 @@ class Dataset(zntrack.Node):
     """Share of the new frames that go to the validation set: floor(val_fraction * n_new),
     chosen at random (seeded); the rest go to training."""
     seed: int = zntrack.params(0)
-    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
     val_path: Path = zntrack.outs_path(zntrack.nwd / "val_frames.h5")
     metrics: dict = zntrack.metrics()
 
@@ -43,10 +42,6 @@ class Dataset(zntrack.Node):
         write_h5(self.frames_path, train)
         write_h5(self.val_path, val)
         self.metrics = {"n_train": len(train), "n_val": len(val), "n_new": len(new)}
-
-    @property
-    def frames(self) -> list[ase.Atoms]:
-        return read_h5(self, self.frames_path)
 
     @property
     def val_frames(self) -> list[ase.Atoms]:

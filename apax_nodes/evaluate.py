@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import zntrack
 
-from apax_core.data import from_atoms
+from apax_core.data import DataError, from_atoms
 from apax_core.evaluate import error_metrics
 from apax_core.frame_predictions import calculator_predictions, predict
 from apax_core.plots import parity_png
@@ -34,7 +34,7 @@ class Evaluate(zntrack.Node):
         frames = self.data
         structures = [from_atoms(a) for a in frames]
         if not structures:
-            raise ValueError(f"{self.name}: no structures to evaluate")
+            raise DataError("no structures to evaluate")
         if hasattr(self.model, "get_model"):
             model = self.model.get_model()
             mode = "uncertainty" if model.config.n_members > 1 else "forces"

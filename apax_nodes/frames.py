@@ -8,6 +8,7 @@ from pathlib import Path
 import ase
 import h5py
 import znh5md
+import zntrack
 
 from apax_core.data.io import write_empty_h5md, write_frames
 
@@ -36,3 +37,14 @@ def fetch(node, path: str | Path, destination: Path) -> Path:
     destination.parent.mkdir(parents=True, exist_ok=True)
     node.state.fs.get(Path(path).as_posix(), destination.as_posix(), recursive=True)
     return destination
+
+
+class FramesNode(zntrack.Node):
+    """Base of the nodes whose output is one H5MD file of structures, ``frames_path``, read
+    back as ``frames`` through ``state.fs`` (so also from another revision or repository)."""
+
+    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
+
+    @property
+    def frames(self) -> list[ase.Atoms]:
+        return read_h5(self, self.frames_path)

@@ -9,22 +9,21 @@ from pathlib import Path
 import ase
 import pandas as pd
 import zntrack
-from pydantic import TypeAdapter
 
-from apax_core.config import Executor, MDConfig
+from apax_core.config import Executor, MDConfig, validate
 from apax_core.files import atomic_write
-from apax_core.md.io import STATUS, trace
+from apax_core.md.io import STATUS, TRAJECTORY, WALKER, trace
 from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5
 from apax_nodes.model import local_model_dir, require_apax_model
-from apax_nodes.train import checkpoint_dir
+from apax_nodes.paths import checkpoint_dir
 
-TRAJECTORY, WALKERS = "md.h5", "walkers.json"
+WALKERS = "walkers.json"
 
 
 def md_config(config: dict) -> MDConfig:
     """The validated MD spec of a node's ``config`` param (errors name the field)."""
-    return MDConfig.model_validate(config)
+    return validate(MDConfig, config, "config")
 
 
 @one_line_errors
@@ -58,7 +57,7 @@ class MD(zntrack.Node):
 
         work = checkpoint_dir(self.name)  # survives `dvc repro` deleting md_dir before a rerun
         config = md_config(self.config)
-        executor = TypeAdapter(Executor).validate_python(self.executor)
+        executor = validate(Executor, self.executor, "executor")
         walkers = run_walkers(
             local_model_dir(self.model),
             self.data,
@@ -95,7 +94,7 @@ class MD(zntrack.Node):
     def frames(self) -> list[ase.Atoms]:
         frames = []
         for record in self.walkers:
-            path = (self.md_dir / f"walker{record['walker']:03d}" / TRAJECTORY).as_posix()
+            path = (self.md_dir / WALKER.format(record["walker"]) / TRAJECTORY).as_posix()
             for atoms in read_h5(self, path) if self.state.fs.exists(path) else []:
                 atoms.info["walker"] = record["walker"]
                 frames.append(atoms)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ase
 import numpy as np
 import zntrack
@@ -12,28 +10,32 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from tqdm import tqdm
 
+from apax_core.labelling import Labeller, label
 from apax_nodes.errors import one_line_errors
-from apax_nodes.frames import read_h5, write_h5
-from apax_nodes.label import Labeller, label
+from apax_nodes.frames import FramesNode, write_h5
 
 
 @one_line_errors
-class ReferenceMD(zntrack.Node):
-    """Langevin MD of ``data[index]`` with the reference calculator; every ``sampling_rate``-th
-    step is kept with its reference energy, forces and stress."""
+class ReferenceMD(FramesNode):
+    """Langevin MD of ``data[index]`` with the reference calculator; a frame is kept every
+    ``sampling_rate`` steps with its reference energy, forces and stress. Time is in the terms
+    of apax_core's MDConfig: ``dt`` and ``duration`` in fs, ``sampling_rate`` in steps."""
 
     data: list[ase.Atoms] = zntrack.deps()
     labeller: Labeller = zntrack.deps()
     index: int = zntrack.params(0)
     temperature: float = zntrack.params(600.0)
-    timestep: float = zntrack.params(2.0)
-    """fs"""
-    steps: int = zntrack.params(400)
+    """Thermostat and initial Maxwell-Boltzmann temperature in K."""
+    dt: float = zntrack.params(2.0)
+    """Time step in fs."""
+    duration: float = zntrack.params(800.0)
+    """Simulated time in fs; the run has round(duration / dt) steps."""
     sampling_rate: int = zntrack.params(20)
+    """A frame is kept every ``sampling_rate`` steps."""
     friction: float = zntrack.params(0.02)
-    """1/fs"""
+    """Langevin friction coefficient in 1/fs."""
     seed: int = zntrack.params(0)
-    frames_path: Path = zntrack.outs_path(zntrack.nwd / "frames.h5")
+    """Seed of the initial velocities and of the Langevin noise."""
 
     def run(self) -> None:
         atoms = self.data[self.index].copy()
@@ -42,17 +44,14 @@ class ReferenceMD(zntrack.Node):
         MaxwellBoltzmannDistribution(atoms, temperature_K=self.temperature, rng=rng)
         dyn = Langevin(
             atoms,
-            self.timestep * units.fs,
+            self.dt * units.fs,
             temperature_K=self.temperature,
             friction=self.friction / units.fs,
             rng=rng,
         )
         frames = []
-        for _ in tqdm(range(self.steps // self.sampling_rate), desc=self.name):
+        n_steps = round(self.duration / self.dt)
+        for _ in tqdm(range(n_steps // self.sampling_rate), desc=self.name):
             dyn.run(self.sampling_rate)
             frames.append(label(atoms, atoms.calc))
         write_h5(self.frames_path, frames)
-
-    @property
-    def frames(self) -> list[ase.Atoms]:
-        return read_h5(self, self.frames_path)

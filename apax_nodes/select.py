@@ -9,9 +9,8 @@ import numpy as np
 import pandas as pd
 import znflow
 import zntrack
-from pydantic import TypeAdapter
 
-from apax_core.config import SelectionMethod
+from apax_core.config import SelectionMethod, validate
 from apax_core.data import from_atoms
 from apax_core.select import select, write_diagnostics
 from apax_core.select.api import select_with_calculator
@@ -21,7 +20,7 @@ from apax_nodes.model import require_apax_model
 
 def selection_method(method: dict):
     """The validated selection method of a node's ``method`` param (errors name the field)."""
-    return TypeAdapter(SelectionMethod).validate_python(method)
+    return validate(SelectionMethod, method, "method")
 
 
 @one_line_errors

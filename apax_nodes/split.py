@@ -8,6 +8,7 @@ import ase
 import zntrack
 
 from apax_core.data.sampling import split_indices
+from apax_core.errors import InputError
 from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5, write_h5
 
@@ -25,7 +26,7 @@ class Split(zntrack.Node):
 
     def run(self) -> None:
         if len(self.fractions) != len(PARTS):
-            raise ValueError(f"{self.name}.fractions must be 3 numbers (train, val, test)")
+            raise InputError("fractions must be 3 numbers (train, val, test)")
         frames = self.data
         parts = split_indices(len(frames), self.fractions, self.seed)
         for name, idx in zip(PARTS, parts, strict=True):

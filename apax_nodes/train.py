@@ -10,32 +10,17 @@ import ase
 import pandas as pd
 import zntrack
 
-from apax_core.config import TrainConfig
+from apax_core.config import TrainConfig, validate
 from apax_core.data import from_atoms
-from apax_core.files import atomic_write
 from apax_core.train.trainer import SCREENING, train
 from apax_nodes.errors import one_line_errors
 from apax_nodes.model import ModelNode, local_model_dir, require_apax_model
-
-CHECKPOINTS = Path(".apax_checkpoints")
-"""Resume state lives here, outside the stage outputs that ``dvc repro`` deletes before a rerun."""
-
-
-def checkpoint_dir(name: str) -> Path:
-    """The resume directory of stage ``name``; the repository's .gitignore lists the parent, so
-    ``git add -A`` never commits a leftover checkpoint."""
-    gitignore, line = Path(".gitignore"), f"{CHECKPOINTS.as_posix()}/"
-    text = gitignore.read_text() if gitignore.is_file() else ""
-    if line not in text.splitlines():
-        atomic_write(
-            gitignore, text + ("" if not text or text.endswith("\n") else "\n") + line + "\n"
-        )
-    return CHECKPOINTS / name
+from apax_nodes.paths import checkpoint_dir
 
 
 def train_spec(config: dict) -> TrainConfig:
     """The validated training spec of a node's ``config`` param (errors name the field)."""
-    return TrainConfig.model_validate(config)
+    return validate(TrainConfig, config, "config")
 
 
 @one_line_errors

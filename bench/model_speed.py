@@ -43,11 +43,11 @@ def measure(model: Model, structures, batch_size: int, repeats: int) -> dict:
         )
         batch = jax.device_put(batch)
         start = time.perf_counter()
-        jax.block_until_ready(fn(model.params, batch))
+        jax.block_until_ready(fn(model.variables, batch))
         compile_s = time.perf_counter() - start
         start = time.perf_counter()
         for _ in range(repeats):
-            jax.block_until_ready(fn(model.params, batch))
+            jax.block_until_ready(fn(model.variables, batch))
         per_call = (time.perf_counter() - start) / repeats
     n_atoms = int(batch.n_atoms.sum())
     return {

@@ -34,8 +34,8 @@ from common import RESULTS, table, write_result
 from pydantic import TypeAdapter
 
 from apax_core.config import Executor
+from apax_core.labelling import EMTLabeller, XTBLabeller, label_task, task_key
 from apax_core.tasks import TaskStore, run_tasks
-from apax_nodes.label import EMTLabeller, XTBLabeller, label_task, task_key
 
 EXECUTORS = {
     "serial": {"kind": "serial"},

@@ -23,7 +23,7 @@ from common import DATA
 
 from apax_core.config import GMNNConfig, MDConfig, TrainConfig, TrainRun
 from apax_core.data import read_frames, write_frames
-from apax_core.md.engine import build_engine
+from apax_core.md.build import build_engine
 from apax_core.md.neighbours import error_text, quiet
 from apax_core.md.walkers import run_walkers
 from apax_core.model import ModelStatistics, build_model, init_params
@@ -99,7 +99,7 @@ def vmapped(model: Model, config: MDConfig, steps: int) -> dict:
     atoms, start = cell(), time.perf_counter()
     with x64(), quiet():
         engine = build_engine(model, atoms, config, periodic=True)
-        params = jax.device_put(model.params)
+        params = jax.device_put(model.variables)
         R = jnp.asarray(atoms.get_scaled_positions())
         nbrs = engine.allocate(R, config.extra_capacity)
         keys = jax.random.split(jax.random.PRNGKey(config.seed), N_WALKERS)

@@ -75,11 +75,11 @@ def cost(model: Model, structures, uncertainty: bool, repeats: int = 30) -> floa
                 )
             )
         )
-        jax.block_until_ready(fn(model.params, batch))
+        jax.block_until_ready(fn(model.variables, batch))
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            jax.block_until_ready(fn(model.params, batch))
+            jax.block_until_ready(fn(model.variables, batch))
             times.append(time.perf_counter() - start)
     return statistics.median(times)
 

@@ -60,7 +60,7 @@ def main(n_iterations: int) -> None:
             data=crystal.frames,
             labeller=an.EMTLabeller(),
             temperature=900.0,
-            steps=600,
+            duration=1200.0,
             sampling_rate=30,
             seed=1,
         )

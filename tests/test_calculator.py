@@ -3,6 +3,8 @@ batch evaluation, recompilation only on new padding bins, and no global ASE stat
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import ase.calculators.calculator as ase_calculator
 import numpy as np
 import pytest
@@ -10,10 +12,11 @@ from ase import Atoms
 from ase.build import bulk
 from conftest import make_model
 
+from apax_core import calculator
 from apax_core.calculator import ApaxCalculator
-from apax_core.data import DataError
+from apax_core.data import DataError, neighbour_list
 from apax_core.precision import x64
-from apax_core.transforms import UDD, Calibration, udd_energy
+from apax_core.transforms import UDD, Calibration, Transform, udd_energy
 
 ALL_PROPERTIES = list(ase_calculator.all_properties)
 
@@ -208,25 +211,52 @@ def test_batch_eval_matches_single_calls(shallow, shallow_calc):
     assert frames[0].calc is None  # inputs untouched
 
 
-def test_recompiles_only_when_a_bin_changes():
-    # Compilations are shared by equal architectures: one of its own gives a fresh cache.
-    calc = ApaxCalculator(make_model(seed=3, hidden=[12]), skin=0.5)
+@dataclass(frozen=True, eq=False)
+class CountTraces(Transform):
+    """An identity energy hook that records each call of the wrapped energy function. It runs
+    only while JAX traces the predictor, which it does once per compilation; equal only to
+    itself, so the calculator gets a compilation cache of its own."""
+
+    traces: list = field(default_factory=list)
+
+    def wrap_apply(self, apply):
+        def counted(*args):
+            self.traces.append(args[1].shape)  # (N, K, 3) pair vectors: the padding bin
+            return apply(*args)
+
+        return counted
+
+
+def test_recompiles_only_when_a_bin_changes(cuag_model, monkeypatch):
+    """Small moves reuse the neighbour list and the compiled function; a move beyond half the
+    skin or a vacancy builds a new list but, in the same padding bins, compiles nothing; a
+    bigger cell (new bins) compiles once more."""
+    built = []
+
+    def counting_neighbour_list(*args, **kwargs):
+        built.append(1)
+        return neighbour_list(*args, **kwargs)
+
+    monkeypatch.setattr(calculator, "neighbour_list", counting_neighbour_list)
+    count = CountTraces()
     atoms = cuag(seed=4)
-    atoms.calc = calc
+    atoms.calc = ApaxCalculator(cuag_model, transforms=[count], skin=0.5)
     atoms.get_potential_energy()
-    cached = calc._nl[2]
-    for k in range(3):  # small moves: same neighbour list, same compiled function
+    for k in range(3):  # moves below skin / 2: same neighbour list, same compiled function
         atoms.positions[k] += 0.05
         atoms.get_forces()
-    assert calc._nl[2] is cached
-    moved = cuag(seed=5)  # same sizes, new neighbour list, same bins
-    moved.calc = calc
-    moved.get_potential_energy()
-    assert calc._fn._cache_size() == 1
-    bigger = cuag(repeat=(3, 2, 2))
-    bigger.calc = calc
+    assert len(built) == 1 and len(count.traces) == 1
+    atoms.positions[0] += [0.3, 0.0, 0.0]  # beyond skin / 2: a new list
+    atoms.get_potential_energy()
+    assert len(built) == 2 and len(count.traces) == 1
+    del atoms[-1]  # 31 atoms instead of 32: a new list, still the bin of 40 atoms
+    atoms.get_potential_energy()
+    assert len(built) == 3 and len(count.traces) == 1
+    bigger = cuag(repeat=(3, 2, 2))  # 48 atoms: the bin of 50
+    bigger.calc = atoms.calc
     bigger.get_potential_energy()
-    assert calc._fn._cache_size() == 2
+    assert len(built) == 4 and len(count.traces) == 2
+    assert count.traces[0] != count.traces[1]
 
 
 def test_skin_reuse_gives_fresh_list_results(cuag_model):

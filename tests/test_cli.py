@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 from ase.build import bulk
 from conftest import emt_frames, save_model_dir
 
 from apax_core.cli import main
-from apax_core.data import write_frames
+from apax_core.data import DataError, write_frames
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +25,15 @@ def files(tmp_path_factory, cuag_model):
     write_frames(root / "nan.extxyz", [nan])
     write_frames(root / "small.extxyz", [bulk("Cu", "fcc", a=3.61, cubic=True)])
     (root / "md.yaml").write_text("dynamics: {kind: langevin}\nduration: 4\ndt: 2\n")
+    broken = save_model_dir(root / "broken", cuag_model)
+    config = yaml.safe_load((broken / "config.yaml").read_text())
+    config["model"]["kind"] = "painn"
+    (broken / "config.yaml").write_text(yaml.safe_dump(config))
     (root / "train.yaml").write_text(
         f"directory: {root / 'm'}\ntrain_file: {root / 'no.xyz'}\nn_epochs: 1\n"
+    )
+    (root / "zero.yaml").write_text(
+        f"directory: {root / 'm'}\ntrain_file: {root / 'cu.extxyz'}\nn_epochs: 0\n"
     )
     return root
 
@@ -35,6 +43,14 @@ CASES = {
     "eval: no model directory": (["eval", "{root}/nomodel", "{root}/cu.extxyz"], "nomodel"),
     "eval: an element the model lacks": (["eval", "{model}", "{root}/gold.extxyz"], "Au"),
     "eval: NaN positions": (["eval", "{model}", "{root}/nan.extxyz"], "structure 0"),
+    "eval: a model directory with a bad config": (
+        ["eval", "{root}/broken", "{root}/cu.extxyz"],
+        "unknown model kind",
+    ),
+    "calibrate: a single model": (
+        ["calibrate", "{model}", "{root}/cu.extxyz"],
+        "calibration needs an ensemble model",
+    ),
     "md: index out of range": (
         ["md", "{model}", "{root}/md.yaml", "--structure", "{root}/cu.extxyz", "--index", "7"],
         "no structure 7",
@@ -47,10 +63,16 @@ CASES = {
         ["md", "{model}", "{root}/md.yaml", "--structure", "{root}/none.extxyz"],
         "none.extxyz",
     ),
+    "md: no start structure given": (["md", "{model}", "{root}/md.yaml"], "no initial structure"),
     "train: missing training file": (["train", "{root}/train.yaml"], "no.xyz"),
+    "train: a field out of range": (["train", "{root}/zero.yaml"], "n_epochs: Input should be"),
     "select: missing pool": (
         ["select", "{model}", "{root}/cu.extxyz", "{root}/none.extxyz", "-n", "1"],
         "none.extxyz",
+    ),
+    "select: n of 0": (
+        ["select", "{model}", "{root}/cu.extxyz", "{root}/cu.extxyz", "-n", "0"],
+        "n must be at least 1",
     ),
 }
 
@@ -63,3 +85,27 @@ def test_bad_input_is_one_line_and_exit_code_2(case, files, capsys):
     err = capsys.readouterr().err
     assert "Traceback" not in err
     assert named in err.strip().splitlines()[-1]
+
+
+def test_a_bug_below_the_command_line_keeps_its_traceback(files, monkeypatch):
+    """Only bad input (an InputError) becomes one line and exit code 2: a ValueError of an
+    internal invariant (here from loading the model) propagates with its traceback."""
+
+    def shape_bug(path):
+        raise ValueError("operands could not be broadcast together")
+
+    monkeypatch.setattr("apax_core.model_dir.load_model", shape_bug)
+    with pytest.raises(ValueError, match="could not be broadcast"):
+        main(["eval", str(files / "model"), str(files / "cu.extxyz")])
+
+
+@pytest.mark.parametrize("command", ["eval", "select"])
+def test_apax_traceback_shows_the_traceback_of_bad_input(command, files, monkeypatch):
+    monkeypatch.setenv("APAX_TRACEBACK", "1")
+    args = {
+        "eval": ["eval", str(files / "model"), str(files / "none.extxyz")],
+        "select": ["select", str(files / "model"), str(files / "cu.extxyz")]
+        + [str(files / "none.extxyz"), "-n", "1"],
+    }[command]
+    with pytest.raises(DataError, match="none.extxyz: file not found"):
+        main(args)

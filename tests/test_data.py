@@ -257,9 +257,13 @@ def test_energy_shift_recovers_per_element_energies():
     structures = [synthetic(c, a, c * mu[CU] + a * mu[AG]) for c, a in compositions]
     structures.append(synthetic(2, 1, None))  # unlabelled structures are ignored
     np.testing.assert_allclose(energy_shift(structures, [CU, AG]), [mu[CU], mu[AG]], atol=1e-10)
+    # One element: the least-squares slope through the origin, sum(n E) / sum(n^2), which
+    # weights large structures more than the mean energy per atom does (0.7 % apart here).
     single = [synthetic(n, 0, -3.0 * n + 0.1 * (n % 2)) for n in (1, 2, 3, 4)]
-    per_atom = np.mean([s.energy / s.n_atoms for s in single])
-    assert energy_shift(single, [CU])[0] == pytest.approx(per_atom, rel=0.1)
+    n, e = np.array([s.n_atoms for s in single]), np.array([s.energy for s in single])
+    slope = np.sum(n * e) / np.sum(n**2)
+    assert energy_shift(single, [CU])[0] == pytest.approx(slope, rel=1e-12)
+    assert slope != pytest.approx(np.mean(e / n), rel=1e-3)
 
 
 def test_energy_shift_is_finite_for_fixed_ratio():

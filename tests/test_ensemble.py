@@ -11,13 +11,15 @@ from conftest import TINY, emt_frames, make_model, tiny_config
 from scipy import integrate
 from scipy.stats import norm
 
+from apax_core.batching import map_structures
 from apax_core.config import LossTerm
 from apax_core.data import from_atoms, read_frames
 from apax_core.frame_predictions import predict
 from apax_core.model_dir import load_model
 from apax_core.precision import x64
+from apax_core.predictor import compiled
 from apax_core.train.losses import crps, nll
-from apax_core.transforms import ENSEMBLE_DDOF, Calibration
+from apax_core.transforms import ENSEMBLE_DDOF, Calibration, Transform
 from apax_core.uq import fit_calibration, miscalibration_area, uncertainty_metrics
 
 TERM = LossTerm(quantity="forces")
@@ -125,16 +127,27 @@ def test_calibration_of_a_calibrated_set_is_one_and_fixes_an_overconfident_one()
     assert miscalibration_area(e, cal.forces * s) < 0.02
 
 
-def test_calibration_scales_members_and_spread_consistently():
-    members = np.array([1.0, 2.0, 4.0])
-    pred = {
-        "energy": members.mean(),
-        "energy_ensemble": members,
-        "energy_uncertainty": np.std(members, ddof=1),
-    }
-    out = Calibration(2.0, 1.0).results(pred)
-    assert np.mean(out["energy_ensemble"]) == pytest.approx(members.mean())
-    assert out["energy_uncertainty"] == pytest.approx(np.std(out["energy_ensemble"], ddof=1))
+@pytest.mark.parametrize("ensemble", ENSEMBLES, ids=lambda e: e["kind"])
+def test_calibration_scales_members_and_spread_consistently(ensemble, cells):
+    """A model with a stored calibration (energy factor 2, force and stress factor 3) reports
+    the uncalibrated means, uncertainties times the factors, and members whose deviations from
+    the mean are scaled by the same factors, so the members' spread is the uncertainty."""
+    model = make_model(elements=(29,), ensemble=ensemble)
+    calibrated = dataclasses.replace(model, calibration=Calibration(energy=2.0, forces=3.0))
+    raw = predict(model, cells, mode="uncertainty")
+    cal = predict(calibrated, cells, mode="uncertainty")
+    for r, c in zip(raw, cal, strict=True):
+        for key, factor in (("energy", 2.0), ("forces", 3.0), ("stress", 3.0)):
+            members, mean = c[f"{key}_ensemble"], np.asarray(c[key])[..., None]
+            raw_deviation = r[f"{key}_ensemble"] - np.asarray(r[key])[..., None]
+            np.testing.assert_allclose(c[key], r[key], rtol=1e-12, atol=1e-12)
+            np.testing.assert_allclose(
+                c[f"{key}_uncertainty"], factor * r[f"{key}_uncertainty"], rtol=1e-10
+            )
+            np.testing.assert_allclose(members - mean, factor * raw_deviation, atol=1e-12)
+            np.testing.assert_allclose(
+                np.std(members, axis=-1, ddof=ENSEMBLE_DDOF), c[f"{key}_uncertainty"], rtol=1e-10
+            )
 
 
 @pytest.mark.parametrize(
@@ -215,3 +228,57 @@ def test_calculator_applies_the_calibration_stored_with_the_model(cells):
     # The same numbers as predict(), which every other consumer uses.
     pred = predict(calibrated, [from_atoms(atoms)], mode="uncertainty")[0]
     np.testing.assert_allclose(cal["forces_uncertainty"], pred["forces_uncertainty"], rtol=1e-6)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class CountTraces(Transform):
+    """An identity results hook that records each call. It runs only while JAX traces the
+    predictor, once per compilation; equal only to itself, so it gets a compiled cache entry of
+    its own."""
+
+    traces: list = dataclasses.field(default_factory=list)
+
+    def results(self, out: dict) -> dict:
+        self.traces.append(1)
+        return out
+
+
+def test_a_recalibrated_model_shares_the_compiled_predictor(cells):
+    """Calibration factors are an input of the compiled predictor, not constants in it: models
+    that differ only in their calibration share one compilation, and the calibrated spreads
+    are the raw ones times the factors."""
+    model = make_model(elements=(29,), ensemble=ENSEMBLES[0])
+    calibrated = dataclasses.replace(model, calibration=Calibration(energy=2.0, forces=3.0))
+    counter = CountTraces()
+    raw, cal = [
+        map_structures(
+            compiled(m, "uncertainty", transforms=(counter,)), m.variables, cells, m.config.r_max
+        )
+        for m in (model, calibrated)
+    ]
+    assert len(counter.traces) == 1
+    for r, c in zip(raw, cal, strict=True):
+        np.testing.assert_array_equal(c["energy_uncertainty"], 2.0 * r["energy_uncertainty"])
+        np.testing.assert_allclose(
+            c["forces_uncertainty"], 3.0 * r["forces_uncertainty"], rtol=1e-15, atol=0
+        )
+
+
+def test_a_calibration_of_one_changes_no_bit():
+    """Factors of 1 are applied like any others (one program serves every calibration) and
+    leave every output exactly as it was, members included."""
+    rng = np.random.default_rng(3)
+    energies = rng.normal(-100.0, 5.0, size=5)
+    members = rng.normal(size=(4, 3, 5)) * 10.0 ** rng.integers(-3, 3, size=(4, 3, 1))
+    pred = {
+        "energy": energies.mean(),
+        "energy_ensemble": energies,
+        "energy_uncertainty": np.std(energies, ddof=ENSEMBLE_DDOF),
+        "forces": members.mean(-1),
+        "forces_ensemble": members,
+        "forces_uncertainty": members.std(-1, ddof=ENSEMBLE_DDOF),
+    }
+    with x64():
+        out = Calibration().results(pred)
+    for key, value in pred.items():
+        assert np.array_equal(np.asarray(out[key]), value), key

@@ -46,12 +46,12 @@ def graph(n_iterations: int):
         seed = an.Label(data=boot.frames, labeller=an.EMTLabeller())
         split = an.Split(data=seed.frames, fractions=[0.67, 0.33, 0.0])
         test = an.ReferenceMD(
-            data=crystal.frames, labeller=an.EMTLabeller(), steps=40, sampling_rate=20
+            data=crystal.frames, labeller=an.EMTLabeller(), duration=80.0, sampling_rate=20
         )
     settings = LoopSettings(
         n_iterations=n_iterations,
         train=SHALLOW,
-        warm_train={**SHALLOW, "warm_start": {"freeze": ["radial"]}},
+        warm_train={**SHALLOW, "warm_start": {"freeze": ["representation"]}},
         md=MD,
         n_walkers=2,
         n_select=3,
@@ -169,7 +169,7 @@ def test_warm_start_from_a_from_rev_model_in_a_new_repository(loop_repo, tmp_pat
             an.Train(
                 data=labelled.frames,
                 model=base,
-                config={**SHALLOW, "warm_start": {"freeze": ["radial"]}},
+                config={**SHALLOW, "warm_start": {"freeze": ["representation"]}},
             )
         build(project)
     repro(new)

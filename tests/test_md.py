@@ -3,6 +3,7 @@ correctness after many steps and after overflow, exact restart, UDD, stop checks
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from ase import units
 from ase.build import bulk
+from ase.constraints import FixAtoms
 from conftest import make_model, save_model_dir
 from jax_md import space
 from pydantic import ValidationError
@@ -30,8 +32,10 @@ from apax_core.config.md import (
     ThermostatChain,
 )
 from apax_core.data import DataError
-from apax_core.md import engine as md_engine
+from apax_core.errors import InputError
+from apax_core.md import build as md_build
 from apax_core.md import read_trajectory, run_md
+from apax_core.md import run as md_run
 from apax_core.md.checks import reason_code, reasons, validate
 from apax_core.md.integrators import integrator, kinetic_temperature
 from apax_core.md.model_adapter import dynamics_energy
@@ -39,7 +43,7 @@ from apax_core.md.neighbours import allocate, make_space, neighbour_fns
 from apax_core.md.schedules import temperature_fn
 from apax_core.precision import x64
 from apax_core.predictor import predictor
-from apax_core.transforms import UDD
+from apax_core.transforms import UDD, Calibration
 
 
 def cu108(a=3.61):
@@ -85,11 +89,11 @@ def nve_run(cuag_model, tmp_path_factory):
         capacity_multiplier=1.0,
     )
     records = Records()
-    logging.getLogger("apax_core.md.engine").addHandler(records)
+    logging.getLogger("apax_core.md.run").addHandler(records)
     try:
         result = run_md(cuag_model, cu108(), config, tmp_path_factory.mktemp("nve"))
     finally:
-        logging.getLogger("apax_core.md.engine").removeHandler(records)
+        logging.getLogger("apax_core.md.run").removeHandler(records)
     return result, read_trajectory(result.trajectory), records.messages
 
 
@@ -165,7 +169,7 @@ def test_nose_hoover_small_cell_runs_at_the_target_temperature():
         dynamics = NVTNoseHoover(thermostat=ThermostatChain(chain_length=3, tau=100))
         integ = integrator(dynamics, energy, shift, 2.0, kT)
         mass = jnp.full(n_atoms, 63.5)
-        state = md_engine._to_f64(integ.init(jax.random.PRNGKey(1), start, kT, mass))
+        state = md_build.to_f64(integ.init(jax.random.PRNGKey(1), start, kT, mass))
 
         def body(k, carry):
             state, total, reported = carry
@@ -205,7 +209,7 @@ def test_nose_hoover_removes_a_loaded_drift_and_conserves_momentum():
         state = integ.init(jax.random.PRNGKey(0), rest, kT, mass, jnp.asarray(thermal + 2.0))
         np.testing.assert_allclose(np.asarray(state.momentum), thermal, atol=1e-12)
         state = jax.lax.fori_loop(
-            0, 500, lambda k, s: integ.step(s, 2 * kT), md_engine._to_f64(state)
+            0, 500, lambda k, s: integ.step(s, 2 * kT), md_build.to_f64(state)
         )
         assert np.abs(np.asarray(state.momentum).sum(0)).max() < 1e-10
 
@@ -221,7 +225,7 @@ def harmonic_run(dynamics, n_steps=40):
 
         integ = integrator(dynamics, energy, shift, 1.0, units.kB * 300.0)
         state = integ.init(jax.random.PRNGKey(0), rest, units.kB * 300.0, jnp.ones(8) * 63.5)
-        state = md_engine._to_f64(state)
+        state = md_build.to_f64(state)
         step = jax.jit(lambda s: integ.step(s, units.kB * 300.0))
         for _ in range(n_steps):
             state = step(state)
@@ -302,7 +306,7 @@ def test_restart_after_a_crash_equals_the_uninterrupted_run(cuag_model, tmp_path
     assert list(reference[3]) == list(range(3, 61, 3))
 
     # Crash after the third chunk's frames were appended but before its checkpoint.
-    save = md_engine.ckpt.save
+    save = md_run.ckpt.save
     calls = {"n": 0}
 
     def crashing_save(*args, **kwargs):
@@ -311,10 +315,10 @@ def test_restart_after_a_crash_equals_the_uninterrupted_run(cuag_model, tmp_path
             raise KeyboardInterrupt("simulated crash")
         save(*args, **kwargs)
 
-    monkeypatch.setattr(md_engine.ckpt, "save", crashing_save)
+    monkeypatch.setattr(md_run.ckpt, "save", crashing_save)
     with pytest.raises(KeyboardInterrupt):
         run_md(cuag_model, atoms, restart_config(60.0), tmp_path / "crash")
-    monkeypatch.setattr(md_engine.ckpt, "save", save)
+    monkeypatch.setattr(md_run.ckpt, "save", save)
     assert len(read_trajectory(tmp_path / "crash" / "md.h5")) == 10  # 3 chunks written
     resumed = run_md(cuag_model, atoms, restart_config(60.0), tmp_path / "crash")
     assert resumed.status == full.status
@@ -329,11 +333,11 @@ def test_restart_after_a_crash_equals_the_uninterrupted_run(cuag_model, tmp_path
         assert np.array_equal(a, b)
 
     other = restart_config(60.0).model_copy(update={"seed": 7})
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(InputError, match="other settings"):
         run_md(cuag_model, atoms, other, tmp_path / "full")
     moved = atoms.copy()
     moved.positions[0] += 0.1
-    with pytest.raises(ValueError, match="start structure"):
+    with pytest.raises(InputError, match="start structure"):
         run_md(cuag_model, moved, restart_config(60.0), tmp_path / "full")
 
 
@@ -349,6 +353,45 @@ def test_restart_with_a_retrained_model_starts_afresh(cuag_model, tmp_path):
         *(frame_arrays(read_trajectory(r.trajectory)) for r in (again, alone)), strict=True
     ):
         assert np.array_equal(a, b)
+
+
+def test_a_recalibrated_model_reuses_the_compiled_chunk(shallow, tmp_path, monkeypatch):
+    """Calibration factors are an input of the engine, not constants in it: a model that
+    differs only in its calibration runs on the same compiled chunk (traced once), along the
+    same trajectory, with its spreads scaled by the factors."""
+    traces, chunker = [], md_build._chunker
+
+    def counting_chunker(*args):
+        chunk = chunker(*args)
+
+        def counted(*inputs):
+            traces.append(1)  # runs only while JAX traces the chunk: once per compilation
+            return chunk(*inputs)
+
+        return counted
+
+    monkeypatch.setattr(md_build, "_chunker", counting_chunker)
+    monkeypatch.setattr(md_build, "_ENGINES", {})
+    calibrated = dataclasses.replace(shallow, calibration=Calibration(energy=2.0, forces=3.0))
+    config = MDConfig(
+        temperature={"kind": "constant", "T": 300.0},
+        dt=1.0,
+        duration=20.0,
+        n_inner=10,
+        sampling_rate=5,
+        extra_capacity=30,
+    )
+    raw, cal = [
+        read_trajectory(run_md(m, cu108(), config, tmp_path / name).trajectory)
+        for m, name in ((shallow, "raw"), (calibrated, "calibrated"))
+    ]
+    assert len(traces) == 1 and len(raw) == len(cal) == 4
+    for a, b in zip(raw, cal, strict=True):
+        assert np.array_equal(a.positions, b.positions)
+        for key, factor in (("energy_uncertainty", 2.0), ("forces_uncertainty", 3.0)):
+            np.testing.assert_allclose(
+                b.calc.results[key], factor * a.calc.results[key], rtol=1e-14, atol=0
+            )
 
 
 # ------------------------------------------------------------------------ UDD and stop checks
@@ -383,7 +426,7 @@ def test_engine_udd_force_is_the_gradient_of_the_biased_energy(shallow, udd_calc
         nbrs = allocate(fns, R, 0)
         udd_energy_fn = predictor(shallow, "energy", transforms=[udd])
         energy = dynamics_energy(udd_energy_fn, jnp.asarray(atoms.numbers), box)
-        e, grad = jax.value_and_grad(energy)(R, neighbor=nbrs, params=shallow.params)
+        e, grad = jax.value_and_grad(energy)(R, neighbor=nbrs, params=shallow.variables)
     np.testing.assert_allclose(float(e), ref.get_potential_energy(), rtol=1e-11)
     np.testing.assert_allclose(-np.asarray(grad), ref.get_forces(), atol=1e-9)
 
@@ -512,19 +555,27 @@ def test_cli_template_and_md(cuag_model, tmp_path, capsys):
 
 def test_bad_input_fails_before_any_work(cuag_model, shallow, tmp_path):
     config = MDConfig(duration=10.0)
-    with pytest.raises(ValueError, match="cell too small"):
+    with pytest.raises(InputError, match="cell too small"):
         run_md(cuag_model, bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2), config, tmp_path)
     with pytest.raises(DataError, match="Au"):
         run_md(cuag_model, bulk("Au", "fcc", a=4.08, cubic=True).repeat(3), config, tmp_path)
-    with pytest.raises(ValueError, match="ensemble"):
+    with pytest.raises(InputError, match="ensemble"):
         run_md(cuag_model, cu108(), MDConfig(duration=10, udd={}), tmp_path)
     check = {"kind": "forces_uncertainty", "threshold": 0.1}
-    with pytest.raises(ValueError, match="ensemble"):
+    with pytest.raises(InputError, match="ensemble"):
         run_md(cuag_model, cu108(), MDConfig(duration=10, checks=[check]), tmp_path)
     slab = cu108()
     slab.pbc = [True, True, False]
-    with pytest.raises(ValueError, match="periodic"):
+    with pytest.raises(InputError, match="periodic"):
         run_md(cuag_model, slab, config, tmp_path)
+    with pytest.raises(InputError, match="no atoms"):
+        run_md(cuag_model, cu108()[:0], config, tmp_path)
+    fixed = cu108()
+    fixed.set_constraint(FixAtoms([0]))
+    with pytest.raises(InputError, match="constraints"):
+        run_md(cuag_model, fixed, config, tmp_path)
+    with pytest.raises(InputError, match="no momenta"):
+        run_md(cuag_model, cu108(), MDConfig(duration=10, load_momenta=True), tmp_path)
     with pytest.raises(ValidationError, match="force_uncertainty"):
         MDConfig(duration=10, checks=[check], force_uncertainty=False)
     with pytest.raises(ValidationError, match="Extra inputs"):

@@ -33,7 +33,7 @@ def cluster(seed=0):
 def evaluate(model, atoms_list, fn=None, **kw):
     structures = [from_atoms(a) for a in atoms_list]
     fn = fn or compiled(model)
-    return map_structures(fn, model.params, structures, model.config.r_max, **kw)
+    return map_structures(fn, model.variables, structures, model.config.r_max, **kw)
 
 
 @pytest.fixture(scope="module", params=["gmnn", "equivmp"])

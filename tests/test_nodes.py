@@ -86,7 +86,7 @@ def test_labelling_failures_are_recorded(tmp_path):
         node = zntrack.from_rev("Label")
         assert node.metrics == {"n_labelled": 2, "n_failed": 1}
         assert [f["index"] for f in node.failures] == [1]
-        assert "Si" in node.failures[0]["error"] or "Error" in node.failures[0]["error"]
+        assert node.failures[0]["error"] == "NotImplementedError: No EMT-potential for Si"
         assert len(node.frames) == 2 and node.frames[0].get_stress().shape == (6,)
 
 
@@ -189,6 +189,65 @@ def test_evaluate_and_select_take_a_model_of_another_package(tmp_path, monkeypat
         with other, pytest.raises(TypeError, match="Select.model: needs an apax model"):
             an.Select(model=foreign_models.EMTModel(), pool=[], train_data=[], n=1)
     assert metrics["forces_mae"] < 1e-9 and metrics["energy_mae"] < 1e-9  # EMT against EMT
+
+
+def test_only_bad_input_ends_a_stage_with_one_line(monkeypatch):
+    """An InputError ends a stage with one line naming it; any other exception is a bug and
+    keeps its traceback; APAX_TRACEBACK=1 keeps the traceback of bad input too."""
+    from apax_core.errors import InputError
+    from apax_nodes.errors import one_line_errors
+
+    @one_line_errors
+    class Stage:
+        name = "iter2_Train"
+
+        def __init__(self, error: Exception):
+            self.error = error
+
+        def run(self) -> None:
+            raise self.error
+
+    bad_input = Stage(InputError("train.extxyz: structure 3 has no forces"))
+    with pytest.raises(SystemExit, match="^iter2_Train: train.extxyz: structure 3 has no forces$"):
+        bad_input.run()
+    with pytest.raises(ValueError, match="operands could not be broadcast"):
+        Stage(ValueError("operands could not be broadcast")).run()
+    monkeypatch.setenv("APAX_TRACEBACK", "1")
+    with pytest.raises(InputError):
+        bad_input.run()
+
+
+def test_apax_nodes_report_of_a_stage_not_run_is_one_line_unless_apax_traceback(
+    tmp_path, monkeypatch
+):
+    from apax_nodes.cli import main
+
+    def not_run(name, rev=None):
+        raise FileNotFoundError(f"nodes/{name}/metrics.json")
+
+    (tmp_path / "dvc.yaml").write_text("stages:\n  Report:\n    cmd: zntrack run Report\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(zntrack, "from_rev", not_run)
+    assert main(["report"]) == 2
+    monkeypatch.setenv("APAX_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError, match="nodes/Report/metrics.json"):
+        main(["report"])
+
+
+def test_bad_node_configs_are_bad_input_naming_the_field():
+    """A node's config parameters are validated at the edge into a ConfigError (bad input,
+    one message naming every bad field), not pydantic's ValidationError."""
+    from apax_core.config import ConfigError
+    from apax_nodes.md import md_config
+    from apax_nodes.select import selection_method
+    from apax_nodes.train import train_spec
+
+    with pytest.raises(ConfigError, match=r"in config:\n  n_epochs: Input should be greater"):
+        train_spec({"n_epochs": 0})
+    with pytest.raises(ConfigError, match=r"in config:\n  dt: Input should be greater"):
+        md_config({"duration": 10, "dt": -1})
+    with pytest.raises(ConfigError, match=r"in method:\n  .*kind"):
+        selection_method({"kind": "best"})
 
 
 def test_bad_input_ends_a_stage_with_one_line_naming_it(tmp_path):

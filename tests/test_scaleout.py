@@ -17,10 +17,10 @@ from test_md import cu108
 from workers import always_die, die_once
 
 from apax_core.config import Executor, MDConfig
+from apax_core.labelling import EMTLabeller, GenericLabeller, LabellerError, label_task, task_key
 from apax_core.md import read_trajectory
 from apax_core.md.walkers import plan_walkers, run_walkers
 from apax_core.tasks import Lost, TaskStore, run_tasks
-from apax_nodes.label import EMTLabeller, GenericLabeller, LabellerError, label_task, task_key
 
 
 def cells(n: int):
@@ -161,7 +161,7 @@ def test_a_labeller_that_cannot_work_fails_before_the_first_structure(monkeypatc
 
 def test_xtb_labels_a_molecule_with_forces_equal_to_finite_differences():
     pytest.importorskip("tblite", reason="the [xtb] extra (tblite) is not installed")
-    from apax_nodes.label import XTBLabeller, label
+    from apax_core.labelling import XTBLabeller, label
 
     water = molecule("H2O")
     water.positions[0] += [0.0, 0.05, 0.02]  # off equilibrium: forces of order 0.1-1 eV/A

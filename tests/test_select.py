@@ -391,3 +391,22 @@ def test_cli_select(cu_model, tmp_path):
     assert cli.main([*argv, "-n", "9", "--out", str(out / "all")]) == 0  # more than the pool:
     assert len(json.loads((out / "all" / "selection.json").read_text())["indices"]) == 8  # all
     assert cli.main([*argv, "-n", "0", "--out", str(out)]) == 2  # bad input: one line, exit 2
+
+
+def test_cli_select_flags_are_the_fields_of_the_selection_spec():
+    """Every field of every selection method is a flag with the spec's default, and the flags
+    of the chosen method make its spec."""
+    base = ["select", "model", "train.extxyz", "pool.extxyz", "-n", "2"]
+    args = cli.parser().parse_args(base)
+    assert cli._select_method(args) == MaxDistance()
+    for kind, spec in {"random": RandomSelection, "max_uncertainty": MaxUncertainty}.items():
+        assert cli._select_method(cli.parser().parse_args([*base, "--method", kind])) == spec()
+    flags = ["--method", "max_uncertainty", "--quantity", "forces", "--min-spacing", "3"]
+    args = cli.parser().parse_args([*base, *flags])
+    assert cli._select_method(args) == MaxUncertainty(quantity="forces", min_spacing=3)
+    args = cli.parser().parse_args(
+        [*base, "--feature-map", "descriptor_mean", "--projection-seed", "4"]
+    )
+    assert cli._select_method(args) == MaxDistance(feature_map="descriptor_mean", projection_seed=4)
+    with pytest.raises(SystemExit):  # a Literal's values are the flag's choices
+        cli.parser().parse_args([*base, "--quantity", "stress"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import shutil
@@ -19,14 +20,14 @@ import yaml
 from conftest import TINY, emt_frames, tiny_config
 from flax import serialization
 
-from apax_core.config import LossTerm, TrainConfig, TrainRun
+from apax_core.config import LearningRates, LossTerm, TrainConfig, TrainRun, WarmStart
 from apax_core.data import DataError, collate, from_atoms, neighbour_list, write_frames
 from apax_core.evaluate import evaluate
 from apax_core.model_dir import load_model
 from apax_core.precision import with_x64
 from apax_core.train.losses import term_loss
 from apax_core.train.metrics import error_sums, finalize
-from apax_core.train.optim import lr_schedule
+from apax_core.train.optim import epoch_factors, lr_schedule
 
 # ------------------------------------------------------------------------------ closed forms
 
@@ -90,6 +91,19 @@ def test_schedules():
     assert float(cos(30)) == pytest.approx(0.25, abs=1e-6)
 
 
+def test_the_former_group_name_radial_is_read_as_representation(caplog):
+    """The representation group was called "radial" (it also holds EquivMP's message-passing
+    weights): configs that use the old name keep working, with a deprecation warning."""
+    with caplog.at_level("WARNING", logger="apax_core.config.train"):
+        warm = WarmStart(reset=["radial"], freeze=["radial", "scale"])
+        rates = LearningRates.model_validate({"radial": 0.02})
+    assert warm.reset == ["representation"] and warm.freeze == ["representation", "scale"]
+    assert rates.representation == 0.02
+    assert "'radial' is deprecated: it is called 'representation' now" in caplog.text
+    with pytest.raises(ValueError, match="current and its former name"):
+        LearningRates.model_validate({"radial": 0.02, "representation": 0.01})
+
+
 # ------------------------------------------------------------------------------- real training
 
 
@@ -103,6 +117,75 @@ def base_model(tmp_path_factory, data_files):
 def read_log(directory: Path) -> list[dict]:
     with open(directory / "log.csv") as fh:
         return list(csv.DictReader(fh))
+
+
+WALL_TIME = "epoch_s"
+"""The one log column that differs between any two runs, interrupted or not: each epoch's
+measured wall time (benchmarks read it)."""
+
+
+def without_wall_time(log_csv: bytes) -> list[list[str]]:
+    """The log's header and rows as written, every column but the wall time."""
+    rows = list(csv.reader(io.StringIO(log_csv.decode())))
+    k = rows[0].index(WALL_TIME)
+    return [row[:k] + row[k + 1 :] for row in rows]
+
+
+def assert_same_outputs(directory: Path, reference: Path) -> None:
+    """Both model directories hold the same files, byte for byte (the log's wall-time column
+    aside); the resume state in ``checkpoint/`` is no output."""
+
+    def files(d: Path) -> list[Path]:
+        paths = (p.relative_to(d) for p in d.rglob("*") if p.is_file())
+        return sorted(p for p in paths if p.parts[0] != "checkpoint")
+
+    assert files(directory) == files(reference)
+    for name in files(directory):
+        mine, theirs = (directory / name).read_bytes(), (reference / name).read_bytes()
+        if name == Path("log.csv"):
+            assert without_wall_time(mine) == without_wall_time(theirs)
+        else:
+            assert mine == theirs, name
+
+
+STEPS = 3
+"""Steps per epoch of the tiny jobs: 12 training structures in batches of 4."""
+SCHEDULES = {
+    "constant": ({"kind": "constant"}, lambda s: np.ones(len(s))),
+    "linear": ({"kind": "linear", "end_factor": 0.1}, lambda s: 1 - 0.9 * s / (2 * STEPS)),
+    "cyclic_cosine": (
+        {"kind": "cyclic_cosine", "period_epochs": 1, "decay_factor": 0.5},
+        lambda s: 0.5 ** (s // STEPS) * 0.5 * (1 + np.cos(np.pi * (s % STEPS) / STEPS)),
+    ),
+}
+"""Each schedule kind with the closed form of its factor at step s of a 2-epoch run."""
+
+
+@pytest.mark.parametrize("kind", SCHEDULES)
+def test_every_schedule_trains_with_the_factors_of_its_closed_form(
+    kind, data_files, tmp_path, monkeypatch
+):
+    """Two epochs train with every schedule kind: the factor of each step (one per step, a
+    constant schedule too) and the logged learning rate of each epoch's last step follow the
+    closed form."""
+    from apax_core.train import trainer
+
+    schedule, closed_form = SCHEDULES[kind]
+    used = []
+
+    def recorded(*args):
+        factors = epoch_factors(*args)
+        used.extend(factors)
+        return factors
+
+    monkeypatch.setattr(trainer, "epoch_factors", recorded)
+    job = tiny_config(tmp_path / kind, data_files, n_epochs=2, optimizer={"schedule": schedule})
+    job.run()
+    expected = closed_form(np.arange(2 * STEPS))
+    np.testing.assert_allclose(used, expected, rtol=1e-6, atol=1e-12)
+    logged = [float(r["lr_nn"]) for r in read_log(job.directory)]
+    last_steps = expected[STEPS - 1 :: STEPS]
+    np.testing.assert_allclose(logged, LearningRates().nn * last_steps, rtol=1e-6)
 
 
 def test_training_learns_and_writes_the_model_directory(base_model, data_files):
@@ -131,7 +214,7 @@ def test_warm_start_freezes_groups_bit_identical(base_model, data_files, tmp_pat
         {**data_files, "train": data_files["more"]},
         n_epochs=2,
         base_model=base_model,
-        warm_start={"freeze": ["radial", "scale"]},
+        warm_start={"freeze": ["representation", "scale"]},
     )
     warm = load_model(config.run())
     same = jax.tree.map(
@@ -224,16 +307,8 @@ def test_resume_after_sigkill_equals_uninterrupted_run(data_files, tmp_path):
     assert proc.returncode == -signal.SIGKILL and done_before < n_epochs
 
     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    resumed, uninterrupted = read_log(tmp_path / "killed"), read_log(tmp_path / "reference")
-    assert [int(r["epoch"]) for r in resumed] == list(range(1, n_epochs + 1))
-    for a, b in zip(resumed, uninterrupted, strict=True):
-        assert float(a["val_loss"]) == pytest.approx(float(b["val_loss"]), rel=1e-6)
-    params = [
-        serialization.msgpack_restore((tmp_path / d / "params.msgpack").read_bytes())
-        for d in ("killed", "reference")
-    ]
-    diffs = jax.tree.map(lambda a, b: np.abs(a - b).max(), *params)
-    assert max(jax.tree.leaves(diffs)) < 1e-5
+    assert [int(r["epoch"]) for r in read_log(tmp_path / "killed")] == list(range(1, n_epochs + 1))
+    assert_same_outputs(tmp_path / "killed", tmp_path / "reference")
 
 
 def test_data_parallel_training_on_two_devices_equals_one_device(data_files, tmp_path):
@@ -355,8 +430,9 @@ def test_resume_after_the_outputs_were_deleted_equals_the_uninterrupted_run(
     data_files, tmp_path, monkeypatch
 ):
     """``dvc repro`` deletes a stage's outputs before it reruns it; the checkpoint lives
-    elsewhere. A run killed at any epoch (after its best one too) and resumed ends with the
-    best parameters, metrics and log of an uninterrupted run; so does a finished one."""
+    elsewhere. A run killed at any epoch (after its best one too) and resumed writes the model
+    directory of an uninterrupted run, byte for byte (a DVC hash does not change; the log's
+    wall-time column aside); so does a finished one."""
     from apax_core.train import trainer
 
     n_epochs = 6
@@ -380,16 +456,8 @@ def test_resume_after_the_outputs_were_deleted_equals_the_uninterrupted_run(
     for _ in range(2):  # resumed mid-run, then once more with nothing left to train
         shutil.rmtree(job.directory)
         trainer.train_run(job.spec, job.run_args, checkpoint_dir=checkpoints)
-        best = json.loads((job.directory / "metrics.json").read_text())
-        expected = json.loads((reference / "metrics.json").read_text())
-        assert best == pytest.approx(expected, rel=1e-6)
         assert [int(r["epoch"]) for r in read_log(job.directory)] == list(range(1, n_epochs + 1))
-        params = [
-            serialization.msgpack_restore((d / "params.msgpack").read_bytes())
-            for d in (job.directory, reference)
-        ]
-        diffs = jax.tree.map(lambda a, b: np.abs(a - b).max(), *params)
-        assert max(jax.tree.leaves(diffs)) < 1e-6
+        assert_same_outputs(job.directory, reference)
 
 
 @pytest.fixture
@@ -421,6 +489,9 @@ def test_a_longer_run_on_more_data_reuses_the_compiled_steps(
     grown = tmp_path / "grown.extxyz"
     write_frames(grown, read_frames(data_files["train"]) + read_frames(data_files["train"])[:4])
     second = tiny_config(tmp_path / "second", data_files, n_epochs=3)
+    # No public way: only JAX's compiler log names the program a persistent-cache hit or miss
+    # was for (jax.monitoring's cache_hits/cache_misses events carry no name, and a trace
+    # counter runs on a hit as well), so this reads that log.
     caplog.set_level("DEBUG", logger="jax._src.compiler")
     train(second.spec, second.directory, grown, data_files["val"], base_model=first.directory)
     cache = [

@@ -4,7 +4,7 @@ Every pluggable choice is a discriminated union keyed by ``kind``; every section
 keys, so a misspelt option is an error, not a silently ignored default. One file per section.
 """
 
-from apax_core.config.common import ConfigError, Strict, format_errors, load_config, load_job
+from apax_core.config.common import ConfigError, Strict, format_errors, load_job, validate
 from apax_core.config.executor import DaskExecutor, Executor, Processes, Serial
 from apax_core.config.md import (
     NVE,
@@ -30,6 +30,7 @@ from apax_core.config.select import (
     MaxUncertainty,
     RandomSelection,
     SelectionMethod,
+    UncertaintyQuantity,
 )
 from apax_core.config.train import (
     ConstantSchedule,
@@ -70,8 +71,8 @@ __all__ = [
     "ConfigError",
     "Strict",
     "format_errors",
-    "load_config",
     "load_job",
+    "validate",
     "ConstantSchedule",
     "CyclicCosineSchedule",
     "DataConfig",
@@ -121,4 +122,5 @@ __all__ = [
     "TemperatureSchedule",
     "ThermostatChain",
     "UDDConfig",
+    "UncertaintyQuantity",
 ]

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+
+from apax_core.errors import InputError
 
 
 class Strict(BaseModel):
@@ -17,8 +19,8 @@ class Strict(BaseModel):
 # ------------------------------------------------------------------------------- load and errors
 
 
-class ConfigError(ValueError):
-    """A configuration file that does not validate; the message lists every error by field path."""
+class ConfigError(InputError):
+    """A configuration that does not validate; the message lists every error by field path."""
 
 
 def format_errors(err: ValidationError, source: str) -> str:
@@ -42,12 +44,13 @@ def read_mapping(path: str | Path) -> dict:
     return raw
 
 
-def load_config(path: str | Path, cls: type[Strict]) -> Strict:
-    """Read a YAML file into ``cls``; raise ConfigError naming every bad field at once."""
+def validate(kind, raw, source: str):
+    """``raw`` validated as ``kind`` (a config class or union); a ConfigError naming every bad
+    field and ``source`` (a file, a node parameter) instead of pydantic's ValidationError."""
     try:
-        return cls.model_validate(read_mapping(path))
+        return TypeAdapter(kind).validate_python(raw)
     except ValidationError as err:
-        raise ConfigError(format_errors(err, str(path))) from None
+        raise ConfigError(format_errors(err, source)) from None
 
 
 def load_job(path: str | Path, spec_cls: type[Strict], run_cls: type[Strict]):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, PositiveInt
 
 from apax_core.config.common import Strict
 
 FeatureMapName = Literal["last_layer_gradient", "descriptor_mean"]
+"""The per-structure feature maps (eq. 11); also the feature modes of the predictor."""
+
+UncertaintyQuantity = Literal["energy", "forces"]
 
 
 class MaxDistance(Strict):
@@ -31,13 +34,14 @@ class RandomSelection(Strict):
 
     kind: Literal["random"] = "random"
     seed: int = 0
+    """Seed of the random choice."""
 
 
 class MaxUncertainty(Strict):
     """The most uncertain structures (ensemble spread), kept ``min_spacing`` indices apart."""
 
     kind: Literal["max_uncertainty"] = "max_uncertainty"
-    quantity: Literal["energy", "forces"] = "energy"
+    quantity: UncertaintyQuantity = "energy"
     """energy: the energy standard deviation; forces: the largest per-atom force spread."""
     min_spacing: PositiveInt = 1
     """No two picks closer than this many pool indices (1: no constraint), for trajectories."""
@@ -46,3 +50,9 @@ class MaxUncertainty(Strict):
 SelectionMethod = Annotated[
     MaxDistance | RandomSelection | MaxUncertainty, Field(discriminator="kind")
 ]
+
+SELECTION_METHODS: dict[str, type[Strict]] = {
+    cls.model_fields["kind"].default: cls for cls in get_args(get_args(SelectionMethod)[0])
+}
+"""Each selection method's spec by its ``kind``, in the order of the union; the first
+(max_distance) is the default of ``select`` and of the command line."""

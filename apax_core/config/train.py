@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import inspect
+import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
 import optax
 import optax.contrib
-from pydantic import Discriminator, Field, PositiveInt, Tag, model_validator
+from pydantic import BeforeValidator, Discriminator, Field, PositiveInt, Tag, model_validator
 
 from apax_core.config.common import Strict
+from apax_core.labels import Label
 
 # ----------------------------------------------------------------------------------------- data
 
@@ -37,7 +39,6 @@ class PadBinned(Strict):
 
 
 Padding = Annotated[PadToMax | PadBinned, Field(discriminator="kind")]
-Label = Literal["energy", "forces", "stress"]
 
 
 class Screening(Strict):
@@ -192,9 +193,28 @@ ModelConfig = Annotated[
 
 # ---------------------------------------------------------------------------------------- train
 
-Group = Literal["radial", "nn", "scale", "shift"]
-"""Parameter groups: the representation ("radial": GMNN's radial coefficients, EquivMP's
-message-passing layers), readout network, per-element scale, per-element shift."""
+log = logging.getLogger(__name__)
+
+RENAMED_GROUPS = {"radial": "representation"}
+"""Former names of parameter groups, still accepted with a deprecation warning ("radial" also
+held EquivMP's message-passing weights)."""
+
+
+def current_group_name(name):
+    """``name`` of a parameter group as it is called now; a former name logs a warning."""
+    if isinstance(name, str) and name in RENAMED_GROUPS:
+        new = RENAMED_GROUPS[name]
+        log.warning("parameter group %r is deprecated: it is called %r now", name, new)
+        return new
+    return name
+
+
+Group = Annotated[
+    Literal["representation", "nn", "scale", "shift"], BeforeValidator(current_group_name)
+]
+"""Parameter groups: the representation (GMNN's radial coefficients, EquivMP's message-passing
+layers), readout network, per-element scale, per-element shift ("radial": deprecated name of
+"representation")."""
 
 
 class LossTerm(Strict):
@@ -230,10 +250,21 @@ def default_loss() -> list[LossTerm]:
 class LearningRates(Strict):
     """Peak learning rate of each parameter group; 0 freezes a group exactly."""
 
-    radial: float = Field(0.01, ge=0.0)
+    representation: float = Field(0.01, ge=0.0)
+    """GMNN's radial coefficients, EquivMP's message-passing layers ("radial": deprecated)."""
     nn: float = Field(0.003, ge=0.0)
     scale: float = Field(0.001, ge=0.0)
     shift: float = Field(0.003, ge=0.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, raw):
+        if not isinstance(raw, dict):
+            return raw
+        renamed = {current_group_name(k): v for k, v in raw.items()}
+        if len(renamed) < len(raw):
+            raise ValueError("a learning rate is given under its current and its former name")
+        return renamed
 
 
 class ConstantSchedule(Strict):
@@ -300,12 +331,18 @@ class EMAConfig(Strict):
     start_epoch: int = Field(0, ge=0)
 
 
+ResetGroup = Annotated[
+    Literal["representation", "nn", "scale_shift"], BeforeValidator(current_group_name)
+]
+"""Groups a warm start can re-initialise (scale_shift: both)."""
+
+
 class WarmStart(Strict):
     """How a run continues from a base model (continuous or transfer learning); the base model
     itself is a run argument (:class:`TrainRun`). The optimiser section applies as it stands:
     warm starts usually want lower learning rates than a scratch run (bench/README.md)."""
 
-    reset: list[Literal["radial", "nn", "scale_shift"]] = []
+    reset: list[ResetGroup] = []
     """Groups re-initialised instead of loaded; scale_shift comes from the new data's statistics."""
     freeze: list[Group] = []
     """Groups kept bit-identical to the base model."""

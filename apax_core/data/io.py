@@ -12,12 +12,15 @@ import ase.io
 import numpy as np
 from ase.io.formats import UnknownFileTypeError, filetype, ioformats
 
+from apax_core.errors import InputError
+from apax_core.files import atomic_write
+
 logger = logging.getLogger(__name__)
 
 H5MD_SUFFIXES = frozenset({".h5", ".h5md", ".hdf5"})
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """Bad input data (missing file, unreadable file, missing labels, unknown elements)."""
 
 
@@ -89,14 +92,10 @@ def write_frames(path: str | os.PathLike, frames: Sequence[ase.Atoms]) -> None:
         raise DataError(f"{path}: no structures to write")
     h5md = is_h5md(path)
     fmt = None if h5md else _ase_format(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        _write_any(tmp, frames, h5md, fmt)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: _write_any(tmp, frames, h5md, fmt))
     except Exception as err:  # e.g. an info entry the format cannot store
         raise DataError(f"{path}: cannot write ({type(err).__name__}: {err})") from err
-    finally:
-        tmp.unlink(missing_ok=True)
     logger.info("wrote %d structures to %s", len(frames), path)
 
 
@@ -104,20 +103,31 @@ def write_empty_h5md(path: str | os.PathLike) -> None:
     """A valid H5MD file with zero frames, whole (temp + rename): znh5md and H5MD readers see
     an empty trajectory, and znh5md can extend it. Made by writing one placeholder frame and
     cutting every per-frame dataset to length 0."""
-    import h5py
     import znh5md
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    def write(tmp: Path) -> None:
         znh5md.IO(tmp).extend([ase.Atoms("H", positions=[[0.0, 0.0, 0.0]])])
+        truncate_h5md(tmp, 0)
 
-        def cut(name, obj):
-            if isinstance(obj, h5py.Dataset) and obj.ndim >= 1 and obj.maxshape[0] is None:
-                obj.resize(0, axis=0)
+    atomic_write(path, write)
 
-        with h5py.File(tmp, "a") as fh:
-            fh.visititems(cut)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+def truncate_h5md(path: str | os.PathLike, n: int) -> None:
+    """Cut every per-frame dataset of the H5MD file ``path`` to its first ``n`` frames, in
+    place (an MD restart drops the frames written after its checkpoint). Raises DataError if
+    the file is missing or holds fewer than ``n`` frames."""
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: H5MD file not found (expected at least {n} frames)")
+
+    def cut(name, obj):
+        if isinstance(obj, h5py.Dataset) and obj.ndim >= 1 and obj.maxshape[0] is None:
+            if obj.shape[0] > n:
+                obj.resize(n, axis=0)
+            elif obj.shape[0] < n and name.endswith("value"):
+                raise DataError(f"{path}: dataset {name} has {obj.shape[0]} < {n} frames")
+
+    with h5py.File(path, "a") as fh:
+        fh.visititems(cut)

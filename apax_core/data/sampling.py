@@ -7,6 +7,9 @@ from collections.abc import Sequence
 import ase
 import numpy as np
 
+from apax_core.data.io import DataError
+from apax_core.errors import InputError
+
 
 def perturbed(
     atoms: ase.Atoms, rng: np.random.Generator, rattle: float, strain: float
@@ -27,7 +30,7 @@ def bootstrap(
 ) -> list[ase.Atoms]:
     """``n`` perturbed copies of ``seeds`` (cycled), a pure function of ``seed``."""
     if not seeds:
-        raise ValueError("no input structures to bootstrap from")
+        raise DataError("no input structures to bootstrap from")
     rng = np.random.default_rng(seed)
     return [perturbed(seeds[k % len(seeds)], rng, rattle, strain) for k in range(n)]
 
@@ -37,7 +40,7 @@ def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[np.ndar
     last fraction; the last part takes the rest. Fractions are non-negative and sum to 1."""
     f = np.asarray(fractions, dtype=float)
     if f.ndim != 1 or len(f) < 2 or np.any(f < 0) or not np.isclose(f.sum(), 1.0):
-        raise ValueError(f"fractions must be non-negative numbers summing to 1, got {fractions}")
+        raise InputError(f"fractions must be non-negative numbers summing to 1, got {fractions}")
     order = np.random.default_rng(seed).permutation(n)
     sizes = np.floor(f[:-1] * n).astype(int)
     return np.split(order, np.cumsum(sizes))

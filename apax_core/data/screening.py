@@ -12,7 +12,7 @@ import numpy as np
 
 from apax_core.data.io import DataError
 from apax_core.data.neighbours import neighbour_list
-from apax_core.data.statistics import element_counts, energy_shift
+from apax_core.data.statistics import energy_residuals, energy_shift
 from apax_core.data.structure import Structure
 
 if TYPE_CHECKING:
@@ -48,9 +48,7 @@ def energy_outliers(structures: Sequence[Structure], z_max: float) -> list[int]:
         return []
     subset = [structures[k] for k in labelled]
     elements = sorted({int(z) for s in subset for z in s.Z})
-    counts = element_counts(subset, elements)
-    energies = np.array([s.energy for s in subset])
-    residual = (energies - counts @ energy_shift(subset, elements)) / counts.sum(axis=1)
+    residual = energy_residuals(subset, elements, energy_shift(subset, elements))
     return [labelled[k] for k in np.flatnonzero(np.abs(robust_z(residual)) > z_max)]
 
 

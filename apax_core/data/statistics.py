@@ -24,8 +24,10 @@ def element_counts(structures: Sequence[Structure], elements: Sequence[int]) -> 
     return counts
 
 
-def _with_energy(structures: Sequence[Structure]) -> list[Structure]:
-    return [s for s in structures if s.energy is not None]
+def _energy_system(structures: Sequence[Structure], elements: Sequence[int]):
+    """(S, E) element counts and (S,) energies of the structures that have an energy."""
+    labelled = [s for s in structures if s.energy is not None]
+    return element_counts(labelled, elements), np.array([s.energy for s in labelled])
 
 
 def energy_shift(structures: Sequence[Structure], elements: Sequence[int]) -> np.ndarray:
@@ -37,14 +39,21 @@ def energy_shift(structures: Sequence[Structure], elements: Sequence[int]) -> np
     and predicts the training energies equally well, instead of an arbitrary huge split.
     Structures without energy are ignored; with none at all the shift is zero.
     """
-    labelled = _with_energy(structures)
-    if not labelled:
+    counts, energies = _energy_system(structures, elements)
+    if not len(energies):
         logger.warning("no energy labels: per-element energy shift set to zero")
         return np.zeros(len(elements))
-    counts = element_counts(labelled, elements)
-    energies = np.array([s.energy for s in labelled])
     shift, *_ = np.linalg.lstsq(counts, energies, rcond=RCOND)
     return shift
+
+
+def energy_residuals(
+    structures: Sequence[Structure], elements: Sequence[int], shift: np.ndarray
+) -> np.ndarray:
+    """Per-atom energy left after subtracting the per-element ``shift`` (eV/atom), one value
+    per structure that has an energy, in order."""
+    counts, energies = _energy_system(structures, elements)
+    return (energies - counts @ np.asarray(shift)) / counts.sum(axis=1)
 
 
 def energy_residual_rms(
@@ -55,13 +64,8 @@ def energy_residual_rms(
     Falls back to 1.0 when there are no energies or the residual vanishes (a zero scale would
     switch the model off).
     """
-    labelled = _with_energy(structures)
-    if not labelled:
-        return 1.0
-    counts = element_counts(labelled, elements)
-    energies = np.array([s.energy for s in labelled])
-    residual = (energies - counts @ np.asarray(shift)) / counts.sum(axis=1)
-    rms = float(np.sqrt(np.mean(residual**2)))
+    residual = energy_residuals(structures, elements, shift)
+    rms = float(np.sqrt(np.mean(residual**2))) if residual.size else 0.0
     return rms if rms > 0 else 1.0
 
 

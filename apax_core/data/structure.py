@@ -10,8 +10,8 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from apax_core.data.io import DataError
+from apax_core.labels import LABELS
 
-LABELS = ("energy", "forces", "stress")
 _MAX_LISTED = 10
 
 
@@ -29,7 +29,7 @@ def voigt_to_matrix(stress: np.ndarray) -> np.ndarray:
         return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
     if s.size == 9:
         return s.reshape(3, 3).copy()
-    raise ValueError(f"stress must have 6 (Voigt) or 9 components, got shape {s.shape}")
+    raise DataError(f"stress must have 6 (Voigt) or 9 components, got shape {s.shape}")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

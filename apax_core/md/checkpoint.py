@@ -1,8 +1,9 @@
 """The MD checkpoint: everything a run needs to continue bit for bit.
 
 Integrator state (positions, momenta, forces, thermostat chain, Langevin key), the neighbour
-list (slots, reference positions, capacity), step, frames written and a fingerprint of the
-settings. One .npz written whole (temp + rename) after each chunk's frames were appended.
+list (slots, reference positions) and the :class:`RunState` (step, frames written, stop,
+capacity, run identity). One .npz written whole (temp + rename) after each chunk's frames were
+appended.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -20,27 +22,48 @@ from apax_core.files import atomic_write
 CHECKPOINT = "md_checkpoint.npz"
 
 
+class RunState(NamedTuple):
+    """Where a run stands between chunks: each chunk's host handling returns a new one."""
+
+    step: int
+    """Integrator steps done."""
+    n_frames: int
+    """Frames in the trajectory."""
+    stopped: bool
+    """A stop check fired (the run is over before its duration)."""
+    reason: str | None
+    """What stopped it (a check's kind, or "nan")."""
+    extra_capacity: int
+    """Spare neighbour slots per atom the list is allocated with (grows on overflow)."""
+    fingerprint: dict
+    """The run identity (settings, system, start, model) a continuation must match."""
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     state_leaves: list[np.ndarray]
+    """The integrator state's leaves, in the tree order of a fresh start."""
     nbr_idx: np.ndarray
+    """(N, K) neighbour slots (N marks an empty slot)."""
     nbr_reference: np.ndarray
-    meta: dict
-    """step, n_frames, stopped, reason, extra_capacity, fingerprint."""
+    """(N, 3) positions the list was built at (fractional if periodic)."""
+    run: RunState
 
 
-def save(directory: Path, state, nbrs, meta: dict) -> None:
+def save(directory: Path, state, nbrs, run: RunState) -> None:
+    """Write the integrator ``state``, the neighbour list ``nbrs`` and ``run`` whole."""
     leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
     arrays = {f"state_{k}": x for k, x in enumerate(leaves)}
     arrays["nbr_idx"] = np.asarray(nbrs.idx)
     arrays["nbr_reference"] = np.asarray(nbrs.reference_position)
-    arrays["meta"] = np.asarray(json.dumps(meta))
+    arrays["meta"] = np.asarray(json.dumps(run._asdict()))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write(directory / CHECKPOINT, buf.getvalue())
 
 
 def load(directory: Path) -> Checkpoint | None:
+    """The checkpoint in ``directory``, or None if there is none."""
     path = directory / CHECKPOINT
     if not path.is_file():
         return None
@@ -50,7 +73,7 @@ def load(directory: Path) -> Checkpoint | None:
             state_leaves=[data[f"state_{k}"] for k in range(n)],
             nbr_idx=data["nbr_idx"],
             nbr_reference=data["nbr_reference"],
-            meta=json.loads(str(data["meta"])),
+            run=RunState(**json.loads(str(data["meta"]))),
         )
 
 

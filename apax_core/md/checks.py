@@ -17,6 +17,7 @@ from apax_core.config.md import (
     StopCheck,
     TemperatureCheck,
 )
+from apax_core.errors import InputError
 
 NAN = 1
 
@@ -27,7 +28,8 @@ def reasons(checks: Sequence[StopCheck]) -> list[str | None]:
 
 
 def check_value(check: StopCheck, frame: dict, n_atoms: int):
-    """The quantity ``check`` compares with its threshold."""
+    """The () quantity ``check`` compares with its threshold. ``frame``: energy_uncertainty (),
+    forces_uncertainty (N, 3), temperature () as the engine records them."""
     if isinstance(check, EnergyUncertaintyCheck):
         sigma = frame["energy_uncertainty"]
         return sigma / n_atoms if check.per_atom else sigma
@@ -46,7 +48,8 @@ def threshold(check: StopCheck) -> float:
 
 
 def reason_code(checks: Sequence[StopCheck], frame: dict, n_atoms: int):
-    """int32 reason code of ``frame`` (0 if no check fires)."""
+    """() int32 reason code of ``frame`` (0 if no check fires); ``frame`` holds energy (),
+    positions (N, 3), forces (N, 3) and what the checks read."""
     code = jnp.zeros((), jnp.int32)
     for k in reversed(range(len(checks))):
         fired = check_value(checks[k], frame, n_atoms) > threshold(checks[k])
@@ -57,9 +60,9 @@ def reason_code(checks: Sequence[StopCheck], frame: dict, n_atoms: int):
 
 
 def validate(checks: Sequence[StopCheck], n_members: int, force_uncertainty: bool) -> None:
-    """Raise ValueError before any work if a check needs what the model cannot give."""
+    """Raise InputError before any work if a check needs what the model cannot give."""
     for c in checks:
         if isinstance(c, EnergyUncertaintyCheck | ForcesUncertaintyCheck) and n_members < 2:
-            raise ValueError(f"the {c.kind} check needs an ensemble model, got a single model")
+            raise InputError(f"the {c.kind} check needs an ensemble model, got a single model")
         if isinstance(c, ForcesUncertaintyCheck) and not force_uncertainty:
-            raise ValueError("the forces_uncertainty check needs force_uncertainty: true")
+            raise InputError("the forces_uncertainty check needs force_uncertainty: true")

@@ -23,7 +23,8 @@ from apax_core.config.md import NVE, Dynamics, NVTLangevin, NVTNoseHoover
 
 
 class Integrator(NamedTuple):
-    """``init(key, R, kT, mass, momenta, **kw)`` -> state; ``step(state, kT, **kw)`` -> state."""
+    """``init(key, R, kT, mass, momenta, **kw)`` -> state; ``step(state, kT, **kw)`` -> state.
+    R and momenta (N, 3), mass (N,), kT () in eV."""
 
     init: Callable
     step: Callable
@@ -38,7 +39,8 @@ def kinetic_dof(n_atoms: int, conserves_momentum: bool) -> int:
 
 def kinetic_temperature(momentum, mass, conserves_momentum: bool):
     """2 KE / (dof k_B) in K, with the centre-of-mass kinetic energy excluded where the total
-    momentum is conserved (it is no thermal motion there). ``mass`` is (N,) or (N, 1)."""
+    momentum is conserved (it is no thermal motion there). ``momentum`` (N, 3); ``mass`` (N,)
+    or (N, 1); returns ()."""
     mass = jnp.reshape(mass, (-1, 1))
     twice_ke = jnp.sum(momentum**2 / mass)
     n = momentum.shape[0]
@@ -49,14 +51,15 @@ def kinetic_temperature(momentum, mass, conserves_momentum: bool):
 
 
 def without_drift(momenta, mass):
-    """``momenta`` less the centre-of-mass motion. A Nose-Hoover chain coupled to 3N - 3
-    degrees of freedom would otherwise heat or cool a loaded drift as if it were thermal."""
+    """``momenta`` (N, 3) less the centre-of-mass motion (``mass`` (N,) or (N, 1)). A
+    Nose-Hoover chain coupled to 3N - 3 degrees of freedom would otherwise heat or cool a
+    loaded drift as if it were thermal."""
     mass = jnp.reshape(mass, (-1, 1))
     return momenta - mass * jnp.sum(momenta, axis=0) / jnp.sum(mass)
 
 
 def kT_of(temperature_K):
-    """Thermal energy in eV."""
+    """Thermal energy in eV of a temperature in K (any shape)."""
     return units.kB * temperature_K
 
 

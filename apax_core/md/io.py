@@ -1,15 +1,14 @@
-"""Trajectory and status files of an MD run.
+"""Trajectory and status files of an MD run, and the names of its files.
 
 Frames are appended to an H5MD file with znh5md once per chunk. Restart truncates the file to
-the frame count of the checkpoint, so frames written after the last checkpoint (a crash
-between appending and checkpointing, even mid-append) are dropped and rewritten exactly once.
-``md_status.json`` is rewritten whole after every chunk.
+the frame count of the checkpoint (:func:`apax_core.data.io.truncate_h5md`), so frames written
+after the last checkpoint (a crash between appending and checkpointing, even mid-append) are
+dropped and rewritten exactly once. ``md_status.json`` is rewritten whole after every chunk.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 
 import ase
@@ -17,16 +16,22 @@ import numpy as np
 
 from apax_core.calculator import ase_results, with_results
 from apax_core.files import atomic_write
-
-logger = logging.getLogger(__name__)
+from apax_core.md.checkpoint import RunState
 
 STATUS = "md_status.json"
-INFO_KEYS = ("md_step", "md_time_fs", "temperature")
-"""Per-frame ``atoms.info`` entries: step number, simulated time (fs) and kinetic T (K)."""
+TRAJECTORY = "md.h5"
+"""The trajectory (H5MD) of a run directory, unless the run names another."""
+WALKER = "walker{:03d}"
+"""The run directory of walker k inside a directory of walkers: ``WALKER.format(k)``."""
 
 
 def frames_to_atoms(buf: dict, count: int, numbers, cell, pbc, dt_fs: float) -> list[ase.Atoms]:
-    """Host copies of the first ``count`` buffered frames as Atoms with their results."""
+    """Host copies of the first ``count`` buffered frames as Atoms with their results, steps
+    (``md_step``), times (``md_time_fs``) and kinetic temperatures (``temperature``, K).
+
+    Args: ``buf`` arrays of shape (F, ...) per key, e.g. positions (F, N, 3); ``numbers`` (N,),
+    ``cell`` (3, 3) rows are lattice vectors, ``pbc`` (3,).
+    """
     keys = [k for k in buf if k not in ("positions", "momenta", "step", "temperature")]
     frames = []
     for k in range(count):
@@ -45,29 +50,6 @@ def append_frames(path: Path, frames: list[ase.Atoms], timestep_fs: float) -> No
     import znh5md  # deferred: h5py/znh5md import is slow
 
     znh5md.IO(path, store="linear", timestep=timestep_fs, compression=None).extend(frames)
-
-
-def truncate(path: Path, n: int) -> None:
-    """Cut every per-frame dataset of the H5MD file ``path`` to its first ``n`` frames."""
-    if n == 0:
-        path.unlink(missing_ok=True)
-        return
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: trajectory missing but the checkpoint has {n} frames")
-    import h5py
-
-    def cut(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.ndim >= 1 and obj.maxshape[0] is None:
-            if obj.shape[0] > n:
-                obj.resize(n, axis=0)
-            elif obj.shape[0] < n and name.endswith("value"):
-                raise ValueError(f"{path}: dataset {name} has {obj.shape[0]} < {n} frames")
-
-    with h5py.File(path, "a") as f:
-        for top in ("particles", "observables"):
-            if top in f:
-                f[top].visititems(cut)
-    logger.info("truncated %s to %d frames (the last checkpoint)", path, n)
 
 
 def read_trajectory(path: str | Path) -> list[ase.Atoms]:
@@ -91,13 +73,14 @@ def write_status(directory: Path, status: dict) -> None:
     atomic_write(directory / STATUS, json.dumps(status, indent=2))
 
 
-def status_dict(stopped: bool, reason: str | None, step: int, dt_fs: float, frames: int) -> dict:
+def status_dict(run: RunState, dt_fs: float) -> dict:
+    """The content of ``md_status.json``: stopped, reason, step, time_fs, n_frames."""
     return {
-        "stopped": bool(stopped),
-        "reason": reason,
-        "step": int(step),
-        "time_fs": float(step * dt_fs),
-        "n_frames": int(frames),
+        "stopped": bool(run.stopped),
+        "reason": run.reason,
+        "step": int(run.step),
+        "time_fs": float(run.step * dt_fs),
+        "n_frames": int(run.n_frames),
     }
 
 

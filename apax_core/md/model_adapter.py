@@ -22,8 +22,10 @@ from apax_core.data.batch import Batch
 def structure(R, idx, Z, box) -> Batch:
     """A one-structure Batch (dense neighbours) from positions and a jax-md Dense ``idx``.
 
-    ``box`` holds lattice vectors as columns (jax-md), or is None for free space. Empty slots
-    (index N) become masked pairs to atom 0 with zero offset, as the Batch contract asks.
+    Args: ``R`` (N, 3) positions (fractional if periodic), ``idx`` (N, K) neighbour slots,
+    ``Z`` (N,) atomic numbers, ``box`` (3, 3) lattice vectors as columns (jax-md) or None for
+    free space. Empty slots (index N) become masked pairs to atom 0 with zero offset, as the
+    Batch contract asks.
     """
     n = R.shape[0]
     mask = idx < n
@@ -51,10 +53,11 @@ def structure(R, idx, Z, box) -> Batch:
 
 
 def dynamics_energy(energy_fn, Z, box) -> Callable:
-    """``energy(R, neighbor, params, **unused)`` in eV from an ``energy``-mode predictor (the
-    mean member energy: the cheap force of eq. 6, left, biased if UDD is on).
+    """``energy(R, neighbor, params, **unused) -> ()`` in eV from an ``energy``-mode predictor
+    (the mean member energy: the cheap force of eq. 6, left, biased if UDD is on); jax-md's
+    ``params`` keyword carries the model's variables. Args as :func:`structure`.
 
-    ``neighbor`` must be valid for R (the engine guarantees it, see ``engine.advance``).
+    ``neighbor`` must be valid for R (the engine guarantees it, see ``build._advancer``).
     """
 
     def energy(R, neighbor, params, **unused):

@@ -23,11 +23,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax_md import dataclasses, partition, space
 
+from apax_core.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 
 def heights(cell: np.ndarray) -> np.ndarray:
-    """Perpendicular distances between opposite faces of the cell (rows are lattice vectors)."""
+    """(3,) perpendicular distances between opposite faces of ``cell`` (3, 3), rows are lattice
+    vectors."""
     volume = abs(np.linalg.det(cell))
     areas = [np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)]
     return np.array([volume / a if a > 0 else 0.0 for a in areas])
@@ -36,23 +39,23 @@ def heights(cell: np.ndarray) -> np.ndarray:
 def check_cell(atoms: ase.Atoms, cutoff: float) -> bool:
     """Validate the periodicity of ``atoms`` for the engine; return whether it is periodic.
 
-    Raises ValueError for mixed periodicity, left-handed cells and cells whose height along
+    Raises InputError for mixed periodicity, left-handed cells and cells whose height along
     some axis is below ``2 * cutoff`` (the minimum image would miss neighbours).
     """
     pbc = np.asarray(atoms.pbc, bool)
     if not pbc.any():
         return False
     if not pbc.all():
-        raise ValueError(
+        raise InputError(
             f"the MD engine supports fully periodic or non-periodic systems, got pbc={pbc.tolist()}"
         )
     cell = atoms.cell.array
     if np.linalg.det(cell) <= 0:
-        raise ValueError("the cell must be right-handed with positive volume (swap two vectors)")
+        raise InputError("the cell must be right-handed with positive volume (swap two vectors)")
     h = heights(cell)
     if h.min() < 2 * cutoff:
         reps = [max(1, math.ceil(2 * cutoff / x)) for x in h]
-        raise ValueError(
+        raise InputError(
             f"cell too small for the MD engine: perpendicular heights {np.round(h, 3).tolist()} A "
             f"must all be >= 2 * (r_max + skin) = {2 * cutoff:.3f} A; replicate the structure "
             f"(e.g. atoms.repeat({tuple(reps)})) or use the ASE calculator"
@@ -78,8 +81,8 @@ def standard_frame(atoms: ase.Atoms) -> ase.Atoms:
 
 
 def make_space(box: jnp.ndarray | None):
-    """(displacement, shift) in fractional coordinates of ``box`` (columns = lattice vectors),
-    or free space for ``box is None``."""
+    """(displacement, shift) in fractional coordinates of ``box`` (3, 3), columns are lattice
+    vectors, or free space for ``box is None``."""
     if box is None:
         return space.free()
     return space.periodic_general(box, fractional_coordinates=True, wrapped=True)
@@ -88,7 +91,8 @@ def make_space(box: jnp.ndarray | None):
 def neighbour_fns(
     displacement, box, r_max: float, skin: float, capacity_multiplier: float
 ) -> partition.NeighborListFns:
-    """jax-md neighbour-list functions (Dense format) for cutoff ``r_max`` and ``skin``."""
+    """jax-md neighbour-list functions (Dense format, ``idx`` (N, K)) for cutoff ``r_max`` and
+    ``skin``; ``box`` (3, 3) lattice vectors as columns, or None for free space."""
     periodic = box is not None
     cutoff = r_max + skin
     # jax-md builds a cell list only with at least four cells per side; its free-space cell
@@ -116,7 +120,8 @@ def quiet():
 
 
 def allocate(fns: partition.NeighborListFns, R, extra_capacity: int) -> partition.NeighborList:
-    """A fresh list at positions ``R`` with ``extra_capacity`` spare slots per atom.
+    """A fresh list at positions ``R`` (N, 3) (fractional if periodic) with ``extra_capacity``
+    spare slots per atom.
 
     jax-md stores the cell size as a jax array in a static (metadata) field; comparing two such
     lists inside a trace would stage the comparison and fail, so it becomes a Python float.
@@ -129,7 +134,8 @@ def allocate(fns: partition.NeighborListFns, R, extra_capacity: int) -> partitio
 
 
 def restore(fns, idx, reference_position, extra_capacity: int) -> partition.NeighborList:
-    """A list exactly as saved: its slots, reference positions and capacity (bitwise restart)."""
+    """A list exactly as saved (bitwise restart): slots ``idx`` (N, K), ``reference_position``
+    (N, 3) and capacity."""
     nbrs = allocate(fns, jnp.asarray(reference_position), extra_capacity)
     idx = jnp.asarray(idx, jnp.int32)
     return dataclasses.replace(

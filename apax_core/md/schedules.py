@@ -17,7 +17,7 @@ TemperatureFn = Callable[[jnp.ndarray], jnp.ndarray]
 
 
 def temperature_fn(schedule: TemperatureSchedule) -> TemperatureFn:
-    """time (fs) -> target temperature (K)."""
+    """time (fs) -> target temperature (K), both () float64."""
     if isinstance(schedule, ConstantTemperature):
         return lambda t: jnp.full_like(jnp.asarray(t, jnp.float64), schedule.T)
     if isinstance(schedule, PiecewiseTemperature):

@@ -2,9 +2,9 @@
 run as independent tasks on an executor (:mod:`apax_core.tasks`).
 
 Walker ``k`` starts from ``structures[indices[k % len(indices)]]`` with seed ``config.seed + k``,
-in ``directory/walker{k:03d}``. A walker that finished is stored and never rerun; one that was
-interrupted continues from its own checkpoint (``run_md``'s restart), so a rerun after a crash
-computes only what is missing, whichever executor ran it.
+in ``directory/walker{k:03d}`` (:data:`~apax_core.md.io.WALKER`). A walker that finished is
+stored and never rerun; one that was interrupted continues from its own checkpoint (``run_md``'s
+restart), so a rerun after a crash computes only what is missing, whichever executor ran it.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ import ase
 
 from apax_core.config import Executor, Serial
 from apax_core.config.md import MDConfig
+from apax_core.errors import InputError
+from apax_core.md.io import WALKER
 from apax_core.model_dir import load_model
 from apax_core.tasks import Lost, TaskStore, run_tasks
 
@@ -36,26 +38,26 @@ class Walker:
 
     @property
     def name(self) -> str:
-        return f"walker{self.number:03d}"
+        return WALKER.format(self.number)
 
 
 def plan_walkers(n_structures: int, indices: Indices, n_walkers: int | None, seed: int):
     """The walkers: ``indices`` (one, a list, or "all") cycled to ``n_walkers`` (default: one
     walker per index), seeds ``seed + k``. Indices may be negative (from the end)."""
     if isinstance(indices, str) and indices != "all":
-        raise ValueError(f'indices: "all", an index or a list of indices, got {indices!r}')
+        raise InputError(f'indices: "all", an index or a list of indices, got {indices!r}')
     if indices == "all":
         chosen = list(range(n_structures))
     else:
         chosen = [indices] if isinstance(indices, int) else list(indices)
     if not chosen:
-        raise ValueError("indices: no start structure chosen")
+        raise InputError("indices: no start structure chosen")
     bad = [i for i in chosen if not -n_structures <= i < n_structures]
     if bad:
         raise IndexError(f"indices: {bad} out of range for {n_structures} start structures")
     n = len(chosen) if n_walkers is None else n_walkers
     if n < 1:
-        raise ValueError(f"n_walkers must be at least 1, got {n}")
+        raise InputError(f"n_walkers must be at least 1, got {n}")
     return [Walker(k, chosen[k % len(chosen)] % n_structures, seed + k) for k in range(n)]
 
 
@@ -83,7 +85,7 @@ def _stamp(path: Path) -> tuple:
 
 def walker_task(job: WalkerJob) -> dict:
     """Run (or continue) one walker; its status plus the steady cost in us/atom/step."""
-    from apax_core.md.engine import run_md
+    from apax_core.md.run import run_md
 
     model = _model(job.model_dir, _stamp(Path(job.model_dir)))
     result = run_md(model, job.atoms, job.config, job.directory, progress_bar=job.progress_bar)
@@ -103,7 +105,7 @@ def run_walkers(
     """Every walker's status (a lost walker: ``stopped`` with reason ``lost: ...``), in walker
     order; trajectories are in ``directory/<walker.name>/md.h5``. Every walker's input is
     checked before the first one starts."""
-    from apax_core.md.engine import run_identity, validate
+    from apax_core.md.run import run_identity, validate
 
     directory, model_dir = Path(directory), Path(model_dir).resolve()
     executor = executor or Serial()

@@ -50,7 +50,8 @@ def init_params(model: EnergyModel, key: jax.Array):
 
 
 def make_member_apply(model: EnergyModel):
-    """Single-member apply on unstacked parameters for a full ensemble; None otherwise."""
+    """Single-member apply on unstacked parameters for a full ensemble, (params, dr_vec, Z,
+    idx_j, atom_mask, pair_mask) -> (N, 1); None otherwise."""
     if not is_full(model.config):
         return None
     return lambda params, *args: model.apply({"params": params}, *args)

@@ -37,7 +37,12 @@ def gate_input_irreps(irreps: e3nn.Irreps) -> e3nn.Irreps:
 
 
 class Interaction(nn.Module):
-    """One message-passing step: (N, irreps) node features -> (N, hidden irreps)."""
+    """One message-passing step: (N, irreps) node features -> (N, hidden irreps).
+
+    Inputs: h (N, irreps), sh (N, K, l = 1..l_max harmonics), edge (N, K, n_basis + 2 A)
+    radial basis and element-pair one-hots, envelope (N, K) cutoff times pair mask, species
+    (N,), idx_j (N, K); A species.
+    """
 
     config: EquivMPConfig
     n_species: int
@@ -65,7 +70,10 @@ class Interaction(nn.Module):
 
 
 class EquivMP(nn.Module):
-    """(dr_vec, species, idx_j, pair_mask) -> per-atom scalar features (N, n_channels)."""
+    """(dr_vec, species, idx_j, pair_mask) -> per-atom scalar features (N, n_channels).
+
+    Dense neighbours: dr_vec (N, K, 3), species (N,), idx_j and pair_mask (N, K).
+    """
 
     config: EquivMPConfig
     n_species: int

@@ -4,6 +4,8 @@ Per pair: learned radial channels R_s(r) (element-pair contractions of a radial 
 tensor powers of the unit vector, summed onto the centre atom (Cartesian moments of rank 0-3).
 Contracting the moments to rotational invariants gives the descriptor; the eight contraction
 groups give 5 + 15 + 15 + 15 + 35 + 75 + 75 + 125 = 360 features for five radial channels.
+
+Shapes: N atoms, K neighbour slots per atom, S radial channels, Q basis functions, A species.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from apax_core.model.basis import bessel_basis, cosine_cutoff, gaussian_basis, m
 
 
 def radial_basis(r, config: GMNNConfig):
-    """The configured basis, (P, n_basis), with the 1/sqrt(n_basis) of a Gaussian contraction."""
+    """The configured basis with the 1/sqrt(n_basis) of a Gaussian contraction.
+    r: (N, K) distances -> (N, K, n_basis)."""
     if config.basis == "gaussian":
         scale = 1.0 / float(np.sqrt(config.n_basis))
         return scale * gaussian_basis(r, config.n_basis, config.r_min, config.r_max)
@@ -38,13 +41,13 @@ def _triples(n: int) -> np.ndarray:
 
 
 def _powers2(u):
-    """(..., 13): 1, u_y, u_y u_z (flattened y * 3 + z)."""
+    """u: (..., 3) unit vectors -> (..., 13): 1, u_y, u_y u_z (flattened y * 3 + z)."""
     u2 = (u[..., :, None] * u[..., None, :]).reshape(*u.shape[:-1], 9)
     return jnp.concatenate([jnp.ones_like(u[..., :1]), u, u2], axis=-1)
 
 
 def _powers3(u):
-    """(..., 40): 1, u_x, u_x u_y, u_x u_y u_z."""
+    """u: (..., 3) unit vectors -> (..., 40): 1, u_x, u_x u_y, u_x u_y u_z."""
     u3 = u[..., :, None, None] * u[..., None, :, None] * u[..., None, None, :]
     return jnp.concatenate([_powers2(u), u3.reshape(*u.shape[:-1], 27)], axis=-1)
 
@@ -53,7 +56,7 @@ def _powers3(u):
 def moments(radial, unit):
     """Cartesian moments of rank 0-3 of one environment per atom:
     m_c[n, s] = sum_k R[n, k, s] (u_nk)^c, as m0 (N, S), m1 (N, S, 3), m2 (N, S, 3, 3),
-    m3 (N, S, 3, 3, 3).
+    m3 (N, S, 3, 3, 3), from radial (N, K, S) channels and unit (N, K, 3) pair directions.
 
     The hand-written VJP contracts the cotangents with the radial weights before touching the
     pair axis, so no (pairs x 40) intermediate is built: a shallow ensemble's M member VJPs
@@ -137,9 +140,9 @@ def _symmetric_uniform(key, shape, dtype):
 class GaussianMoments(nn.Module):
     """(dr_vec, species, idx_j, pair_mask) -> per-atom features (N, n_features).
 
-    Dense neighbours: dr_vec (N, K, 3), idx_j and pair_mask (N, K); moments are sums over the
-    K axis. Element-pair coefficients are selected by one-hot contractions, so the backward pass
-    has no scatter into the small coefficient table.
+    Dense neighbours: dr_vec (N, K, 3), species (N,), idx_j and pair_mask (N, K); moments are
+    sums over the K axis. Element-pair coefficients are selected by one-hot contractions, so
+    the backward pass has no scatter into the small coefficient table.
     """
 
     config: GMNNConfig

@@ -3,6 +3,9 @@
 The module maps pair vectors to per-atom energies; everything else (sums, forces, stress,
 ensemble statistics) is a function transformation in :mod:`apax_core.transforms`.
 Parameter tree: ``representation`` (radial coefficients), ``readout`` (MLP), ``scale_shift``.
+
+Shapes: N atoms, K neighbour slots per atom, F features per atom, M outputs (1, or the members
+of a shallow ensemble).
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ def _constant(values):
 class EnergyModel(nn.Module):
     """(dr_vec, Z, idx_j, atom_mask, pair_mask) -> atomic energies (N, n_outputs), fp64.
 
-    Dense neighbours: dr_vec (N, K, 3), idx_j and pair_mask (N, K) (see data/batch.py).
+    Dense neighbours: dr_vec (N, K, 3), Z and atom_mask (N,), idx_j and pair_mask (N, K) (see
+    data/batch.py).
     """
 
     config: ModelConfig
@@ -94,7 +98,8 @@ class EnergyModel(nn.Module):
 
 
 class ScaleShift(nn.Module):
-    """E_i = scale[Z_i] * NN_i + shift[Z_i] (eq. 4), parameters in fp64."""
+    """E_i = scale[Z_i] * NN_i + shift[Z_i] (eq. 4), parameters in fp64.
+    x: (N, M) readout outputs, species: (N,) -> (N, M) atomic energies."""
 
     scale: tuple[float, ...]
     shift: tuple[float, ...]

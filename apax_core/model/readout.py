@@ -17,7 +17,8 @@ ACTIVATIONS = {
 
 
 class Readout(nn.Module):
-    """Dense layers ``dense_0 .. dense_L``; the last has ``n_outputs`` units and no activation."""
+    """Dense layers ``dense_0 .. dense_L``; the last has ``n_outputs`` units and no activation.
+    x: (N, F) per-atom features -> (N, n_outputs)."""
 
     hidden: Sequence[int]
     activation: str

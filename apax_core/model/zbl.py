@@ -12,7 +12,8 @@ _PHI_D = (3.19980, 0.94229, 0.40290, 0.20162)
 
 
 def zbl_pair_energy(r, z_i, z_j, r_max: float):
-    """ZBL energy of each pair (eV), smoothly switched off at ``r_max``; (P,)."""
+    """ZBL energy of each pair (eV), smoothly switched off at ``r_max``.
+    r: (N, K) distances, z_i: (N, 1) and z_j: (N, K) atomic numbers -> (N, K)."""
     a = 0.46850 / (z_i**0.23 + z_j**0.23)
     x = r / a
     phi = sum(c * jnp.exp(-d * x) for c, d in zip(_PHI_C, _PHI_D, strict=True))

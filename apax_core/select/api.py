@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from apax_core.config import MaxDistance, MaxUncertainty, RandomSelection, SelectionMethod
 from apax_core.data import DataError, Structure, species_index
+from apax_core.errors import InputError
 from apax_core.frame_predictions import calculator_predictions
 from apax_core.model_dir import Model
 from apax_core.select.baselines import (
@@ -68,7 +69,7 @@ class Selection:
 def check_request(model: Model, train: Sequence[Structure], pool: Sequence[Structure], n: int):
     """Fail before any evaluation on a bad ``n`` or an element the model lacks."""
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise InputError(f"n must be at least 1, got {n}")
     for name, structures in (("pool", pool), ("training set", train)):
         empty = [k for k, s in enumerate(structures) if s.n_atoms == 0]
         if empty:
@@ -97,25 +98,16 @@ def select(
     """
     config = MaxDistance() if config is None else config
     check_request(model, train, pool, n)
-    if n > len(pool):
-        logger.warning(
-            "asked for %d structures, the pool has %d: selecting %d", n, len(pool), len(pool)
-        )
-        n = len(pool)
-    if n == 0:  # e.g. MD that stopped before its first frame
-        return Selection(np.zeros(0, np.int64), np.zeros(0), config)
-    if isinstance(config, RandomSelection):
-        indices = random_selection(len(pool), n, config.seed)
-        return Selection(indices, np.full(len(indices), np.nan), config)
-    if isinstance(config, MaxUncertainty):
-        scores = uncertainties(
-            model, pool, config.quantity, batch_size=batch_size, progress_bar=progress_bar
-        )
-        indices = spaced_top_k(scores, n, config.min_spacing)
-        return Selection(indices, scores[indices], config)
     if isinstance(config, MaxDistance):
+        n = _available(n, len(pool))
         return _max_distance(model, train, pool, n, config, batch_size, rank_all, progress_bar)
-    raise TypeError(f"unknown selection method {config!r}")
+
+    def scores(quantity):
+        return uncertainties(
+            model, pool, quantity, batch_size=batch_size, progress_bar=progress_bar
+        )
+
+    return _baseline(len(pool), n, config, scores)
 
 
 def select_with_calculator(calc, pool: Sequence, n: int, config: SelectionMethod) -> Selection:
@@ -124,16 +116,35 @@ def select_with_calculator(calc, pool: Sequence, n: int, config: SelectionMethod
     distance needs our model's features."""
     if isinstance(config, MaxDistance):
         raise TypeError("max_distance selection needs an apax model (last-layer features)")
-    n = min(n, len(pool))
+    return _baseline(
+        len(pool), n, config, lambda q: uncertainty_scores(calculator_predictions(calc, pool), q)
+    )
+
+
+def _available(n: int, n_pool: int) -> int:
+    """``n``, or the pool size (with a warning) when the pool is shorter."""
+    if n > n_pool:
+        logger.warning("asked for %d structures, the pool has %d: selecting %d", n, n_pool, n_pool)
+    return min(n, n_pool)
+
+
+def _baseline(n_pool: int, n: int, config, scores: Callable[[str], np.ndarray]) -> Selection:
+    """Random or max-uncertainty selection of up to ``n`` of ``n_pool`` structures, the one
+    core of both entry points; ``scores(quantity)`` gives every pool structure's uncertainty
+    (from our model or another package's calculator) and is called only when needed."""
+    n = _available(n, n_pool)
     if isinstance(config, RandomSelection) or n == 0:
-        indices = random_selection(len(pool), n, getattr(config, "seed", 0))
+        indices = random_selection(n_pool, n, getattr(config, "seed", 0))
         return Selection(indices, np.full(len(indices), np.nan), config)
-    scores = uncertainty_scores(calculator_predictions(calc, pool), config.quantity)
-    indices = spaced_top_k(scores, n, config.min_spacing)
-    return Selection(indices, scores[indices], config)
+    values = scores(config.quantity)
+    indices = spaced_top_k(values, n, config.min_spacing)
+    return Selection(indices, values[indices], config)
 
 
 def _max_distance(model, train, pool, n, config: MaxDistance, batch_size, rank_all, progress_bar):
+    if n == 0:  # e.g. MD that stopped before its first frame
+        return Selection(np.zeros(0, np.int64), np.zeros(0), config)
+
     def features(structures):
         return compute_features(
             model,

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal
 
 import numpy as np
 
 from apax_core.batching import map_structures
+from apax_core.config import UncertaintyQuantity
 from apax_core.data import Structure
+from apax_core.errors import InputError
 from apax_core.model_dir import Model
 from apax_core.predictor import compiled
 
 logger = logging.getLogger(__name__)
-
-Quantity = Literal["energy", "forces"]
 
 
 def random_selection(n_pool: int, n: int, seed: int) -> np.ndarray:
@@ -32,7 +31,7 @@ def spaced_top_k(scores: np.ndarray, n: int, min_spacing: int = 1) -> np.ndarray
     closer than ``min_spacing`` indices. Fewer if the spacing leaves no room."""
     scores = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
     if min_spacing < 1:
-        raise ValueError(f"min_spacing must be >= 1, got {min_spacing}")
+        raise InputError(f"min_spacing must be >= 1, got {min_spacing}")
     blocked = np.zeros(len(scores), dtype=bool)
     picks: list[int] = []
     for i in np.argsort(-scores, kind="stable"):
@@ -56,7 +55,7 @@ def spaced_top_k(scores: np.ndarray, n: int, min_spacing: int = 1) -> np.ndarray
 def uncertainties(
     model: Model,
     structures: Sequence[Structure],
-    quantity: Quantity = "energy",
+    quantity: UncertaintyQuantity = "energy",
     *,
     batch_size: int = 4,
     progress_bar: bool = False,
@@ -65,11 +64,11 @@ def uncertainties(
     members (eV; a forward pass), or the largest norm of an atom's force standard deviations
     (eV/A; member forces). Calibrated, which rescales but never reorders them."""
     if model.config.n_members < 2:
-        raise ValueError("uncertainty needs an ensemble model (config.model.ensemble)")
+        raise InputError("uncertainty needs an ensemble model (config.model.ensemble)")
     mode = "energy" if quantity == "energy" else "uncertainty"
     preds = map_structures(
         compiled(model, mode, stress=False),
-        model.params,
+        model.variables,
         structures,
         model.config.r_max,
         batch_size=batch_size,
@@ -79,12 +78,12 @@ def uncertainties(
     return uncertainty_scores(preds, quantity)
 
 
-def uncertainty_scores(preds: Sequence[dict], quantity: Quantity) -> np.ndarray:
+def uncertainty_scores(preds: Sequence[dict], quantity: UncertaintyQuantity) -> np.ndarray:
     """The per-structure score of :func:`uncertainties` from prediction dicts (any source)."""
     key = f"{quantity}_uncertainty"
     missing = [k for k, p in enumerate(preds) if key not in p]
     if missing:
-        raise ValueError(f"no {key} in the predictions (structure {missing[0]}): not an ensemble")
+        raise InputError(f"no {key} in the predictions (structure {missing[0]}): not an ensemble")
     if quantity == "energy":
         return np.array([float(p[key]) for p in preds])
     return np.array([np.max(np.linalg.norm(p[key], axis=-1)) for p in preds])

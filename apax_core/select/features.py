@@ -10,12 +10,12 @@ import jax
 import numpy as np
 
 from apax_core.batching import map_batches
+from apax_core.config import FeatureMapName
 from apax_core.data import Structure
 from apax_core.data.batch import two_atoms
 from apax_core.model_dir import Model
 from apax_core.precision import x64
 from apax_core.predictor import compiled, predictor
-from apax_core.transforms import FeatureMapName
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def feature_dim(model: Model, kind: FeatureMapName = "last_layer_gradient") -> i
     """Length D of the feature vector, from shapes only (nothing is evaluated)."""
     example = two_atoms(model.stats.elements[0])
     with x64():
-        out = jax.eval_shape(predictor(model, kind), model.params, example)
+        out = jax.eval_shape(predictor(model, kind), model.variables, example)
     return int(out["features"].shape[0])
 
 
@@ -66,7 +66,7 @@ def compute_features(
 
     batches = map_batches(
         compiled(model, kind),
-        model.params,
+        model.variables,
         structures,
         model.config.r_max,
         batch_size=batch_size,

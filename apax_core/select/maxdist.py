@@ -16,6 +16,8 @@ import logging
 
 import numpy as np
 
+from apax_core.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 BLOCK_ELEMENTS = 1 << 22
@@ -76,7 +78,7 @@ def max_distance_selection(
     """
     pool, train = _as_features(pool, train)
     if not 0 <= n <= len(pool):
-        raise ValueError(f"cannot select {n} of {len(pool)} pool points")
+        raise InputError(f"cannot select {n} of {len(pool)} pool points")
     sq = squared_norms(pool)
     scale = max(float(sq.max()), float(squared_norms(train).max(initial=0.0)), 1e-300)
     tol = TIE_ULPS * np.finfo(np.float64).eps * scale

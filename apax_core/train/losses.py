@@ -13,6 +13,7 @@ from jax.scipy.special import erf
 
 from apax_core.config import LossTerm
 from apax_core.data.batch import Batch
+from apax_core.residuals import batch_reference
 
 SIGMA_MIN = 1e-6
 """Standard deviations are clipped here so a collapsed ensemble cannot divide by zero."""
@@ -47,20 +48,6 @@ def crps(err, sigma, term: LossTerm):
 PENALTIES = {"mse": mse, "huber": huber, "nll": nll, "crps": crps}
 
 
-def reference_and_mask(quantity: str, batch: Batch):
-    """Label of one quantity with the mask of its real entries, and the per-structure n_atoms
-    broadcast to it."""
-    n = jnp.maximum(batch.n_atoms, 1).astype(jnp.float64)
-    real = batch.n_atoms > 0
-    if quantity == "energy":
-        return batch.energy, real, n
-    if quantity == "forces":
-        mask = jnp.broadcast_to(batch.atom_mask[:, :, None], batch.forces.shape)
-        return batch.forces, mask, n[:, None, None]
-    mask = jnp.broadcast_to(real[:, None, None], batch.stress.shape)
-    return batch.stress, mask, n[:, None, None]
-
-
 def masked_mean(values, mask):
     return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
@@ -72,7 +59,7 @@ def term_loss(term: LossTerm, pred: dict, batch: Batch, *, per_member: bool = Fa
     last axis) and averaged over members, as for a full ensemble.
     """
     q = term.quantity
-    ref, mask, n = reference_and_mask(q, batch)
+    ref, mask, n = batch_reference(q, batch)
     norm = n**term.atoms_exponent
     penalty = PENALTIES[term.kind]
     if term.probabilistic:

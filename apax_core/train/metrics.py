@@ -9,22 +9,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from apax_core.data.batch import Batch
+from apax_core.residuals import batch_reference, per_atom
 
 
 def error_sums(pred: dict, batch: Batch, labels: tuple[str, ...]) -> dict:
     """Sums of absolute and squared errors and the number of real entries, per label."""
     out = {}
     for q in labels:
-        if q == "energy":
-            err = (pred["energy"] - batch.energy) / jnp.maximum(batch.n_atoms, 1)
-            mask = batch.n_atoms > 0
-        elif q == "forces":
-            err = pred["forces"] - batch.forces
-            mask = jnp.broadcast_to(batch.atom_mask[:, :, None], err.shape)
-        else:
-            err = pred["stress"] - batch.stress
-            mask = jnp.broadcast_to((batch.n_atoms > 0)[:, None, None], err.shape)
-        err = jnp.where(mask, err, 0.0)
+        ref, mask, n = batch_reference(q, batch)
+        err = jnp.where(mask, per_atom(q, pred[q] - ref, n), 0.0)
         out[q] = jnp.stack([jnp.sum(jnp.abs(err)), jnp.sum(err**2), jnp.sum(mask)])
     return out
 

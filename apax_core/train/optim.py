@@ -26,7 +26,7 @@ def group_of(path: tuple) -> str:
     """Parameter group of a leaf from its path in the parameter tree."""
     keys = [getattr(k, "key", str(k)) for k in path]
     if "representation" in keys:
-        return "radial"
+        return "representation"
     if "scale_shift" in keys:
         return keys[-1]  # "scale" or "shift"
     return "nn"
@@ -59,9 +59,10 @@ def lr_schedule(cfg: Schedule, steps_per_epoch: int, n_epochs: int) -> optax.Sch
 
 
 def epoch_factors(schedule: optax.Schedule, steps_per_epoch: int, epoch: int) -> np.ndarray:
-    """The schedule's learning-rate factors of the steps of ``epoch`` (0-based)."""
-    first = epoch * steps_per_epoch
-    return np.asarray(schedule(np.arange(first, first + steps_per_epoch)), dtype=np.float64)
+    """The schedule's learning-rate factors of the steps of ``epoch`` (0-based), one per step:
+    a schedule that returns one number for every step (optax's constant) is broadcast."""
+    steps = np.arange(epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch)
+    return np.broadcast_to(np.asarray(schedule(steps), dtype=np.float64), steps.shape)
 
 
 def make_optimizer(

@@ -11,6 +11,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from apax_core.errors import InputError
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -26,7 +28,7 @@ def placement(n_devices: int) -> Placement:
         return Placement(lambda batch: batch, lambda tree: tree)
     devices = jax.local_devices()
     if n_devices > len(devices):
-        raise ValueError(
+        raise InputError(
             f"n_devices: {n_devices} requested, {len(devices)} {devices[0].platform} device(s) "
             "here (on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N simulates N)"
         )

@@ -26,7 +26,7 @@ from apax_core.config import FullEnsemble, TrainConfig, TrainRun, WarmStart
 from apax_core.data import Dataset, prefetch
 from apax_core.files import atomic_write
 from apax_core.model import init_params
-from apax_core.model_dir import Model, load_model, save_config, save_params, save_stats
+from apax_core.model_dir import Model, Variables, load_model, save_config, save_params, save_stats
 from apax_core.precision import with_x64
 from apax_core.predictor import predictor
 from apax_core.train.data import Source, TrainingData, load_training_data
@@ -36,7 +36,7 @@ from apax_core.train.optim import epoch_factors, lr_schedule, make_optimizer
 from apax_core.train.parallel import Placement, placement
 from apax_core.train.state import TrainState, load_checkpoint, save_checkpoint
 from apax_core.train.warm_start import warm_start_params
-from apax_core.transforms import CALIBRATION, batched
+from apax_core.transforms import CALIBRATION, Calibration, batched
 from apax_core.uq import calibrate_model
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def make_steps(model: Model, config: TrainConfig, tx, labels: tuple[str, ...]):
     per_member = isinstance(config.model.ensemble, FullEnsemble)
 
     def loss_fn(params, batch):
-        pred = predict(params, batch)
+        pred = predict(Variables(params, Calibration()), batch)  # training sees raw spreads
         return total_loss(config.loss, pred, batch, per_member=per_member), pred
 
     @jax.jit
@@ -97,11 +97,30 @@ def evaluate_loss(
     return {"val_loss": loss_sum / max(n, 1), **finalize(total, "val_")}
 
 
+LEADING, TRAILING = ("epoch", "train_loss", "val_loss"), ("lr_nn", "epoch_s")
+"""The log's first and last columns; validation, then training metrics (sorted) lie between."""
+
+
+def in_log_order(row: dict) -> dict:
+    """``row`` with its keys in the one fixed column order of the log. Rows restored from a
+    checkpoint come back with sorted keys: a resumed run writes the files of an uninterrupted
+    one only because the order is imposed here, not inherited."""
+
+    def rank(key: str) -> tuple:
+        if key in LEADING:
+            return (0, LEADING.index(key), "")
+        if key in TRAILING:
+            return (3, TRAILING.index(key), "")
+        return (1 if key.startswith("val_") else 2, 0, key)
+
+    return {k: row[k] for k in sorted(row, key=rank)}
+
+
 def write_log(directory: Path, rows: tuple[dict, ...]) -> None:
     if not rows:
         return
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer = csv.DictWriter(buf, fieldnames=list(in_log_order(rows[0])))
     writer.writeheader()
     writer.writerows(rows)
     atomic_write(directory / "log.csv", buf.getvalue())
@@ -308,5 +327,5 @@ def run_identity(config: TrainConfig, data: TrainingData) -> str:
 
 
 def _write_best_metrics(directory: Path, row: dict) -> None:
-    best = {k: v for k, v in row.items() if k.startswith("val_") or k == "epoch"}
+    best = in_log_order({k: v for k, v in row.items() if k.startswith("val_") or k == "epoch"})
     atomic_write(directory / "metrics.json", json.dumps(best, indent=2))

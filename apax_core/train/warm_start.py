@@ -6,7 +6,11 @@ import jax
 
 from apax_core.train.optim import group_of
 
-_RESET_GROUPS = {"radial": {"radial"}, "nn": {"nn"}, "scale_shift": {"scale", "shift"}}
+_RESET_GROUPS = {
+    "representation": {"representation"},
+    "nn": {"nn"},
+    "scale_shift": {"scale", "shift"},
+}
 
 
 def warm_start_params(fresh, base, reset: list[str]):

@@ -23,7 +23,7 @@ from apax_core.transforms.ensemble import (
     member_gradients,
     member_predictions,
 )
-from apax_core.transforms.features import FeatureMapName, feature_map
+from apax_core.transforms.features import feature_map
 from apax_core.transforms.udd import UDD, udd_energy
 
 __all__ = [
@@ -33,7 +33,6 @@ __all__ = [
     "UDD",
     "UNCERTAINTY_KEYS",
     "Calibration",
-    "FeatureMapName",
     "Transform",
     "batched",
     "energy_forces_stress",

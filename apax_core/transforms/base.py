@@ -32,9 +32,12 @@ class Transform:
     """Identity transform; subclasses override one or both hooks."""
 
     def wrap_apply(self, apply):
+        """apply -> apply, both (params, dr_vec (N, K, 3), Z (N,), idx_j (N, K), atom_mask
+        (N,), pair_mask (N, K)) -> atomic energies (N, M)."""
         return apply
 
     def results(self, out: dict) -> dict:
+        """One structure's predictions -> the same keys and shapes (see ``member_predictions``)."""
         return out
 
     def check(self, model) -> None:

@@ -19,18 +19,20 @@ AtomicEnergyFn = Callable[..., jax.Array]
 
 
 def pair_vectors(positions, offsets, idx_j, strain):
-    """r_ik = (R_j(i,k) - R_i + offset_ik) (I + strain), (N, K, 3): the strain derivative gives
-    the virial."""
+    """r_ik = (R_j(i,k) - R_i + offset_ik) (I + strain): the strain derivative gives the virial.
+    positions (N, 3), offsets (N, K, 3), idx_j (N, K), strain (3, 3) -> (N, K, 3)."""
     dr = positions[idx_j] - positions[:, None, :] + offsets
     return dr + dr @ strain
 
 
 def zero_strain():
+    """(3, 3) zeros in fp64: evaluate at, and differentiate w.r.t., no strain."""
     return jnp.zeros((3, 3), dtype=jnp.float64)
 
 
 def total_energies(apply: AtomicEnergyFn, params, positions, strain, s: Batch):
-    """Energy per model output (M,), summed over atoms in fp64, for one structure ``s``."""
+    """Energy per model output (M,), summed over atoms in fp64, for one structure ``s`` at
+    positions (N, 3) under strain (3, 3)."""
     dr = pair_vectors(positions, s.offsets, s.idx_j, strain)
     atomic = apply(params, dr, s.Z, s.idx_j, s.atom_mask, s.pair_mask)
     return jnp.sum(atomic.astype(jnp.float64), axis=0)
@@ -41,6 +43,7 @@ def energy_forces_stress(apply: AtomicEnergyFn, params, s: Batch, *, stress: boo
 
     One forward and one backward pass; the member energies come along as ``energy_ensemble``.
     Stress is zero for structures without a cell volume (molecules, padding structures).
+    Returns energy (), energy_ensemble (M,), forces (N, 3), stress (3, 3).
     """
 
     def mean_energy(positions, strain):
@@ -59,7 +62,7 @@ def energy_forces_stress(apply: AtomicEnergyFn, params, s: Batch, *, stress: boo
 
 
 def inverse_volume(cell):
-    """1/V, or 0 for a structure without volume (molecule, padding)."""
+    """cell (3, 3) -> 1/V (), or 0 for a structure without volume (molecule, padding)."""
     volume = jnp.abs(jnp.linalg.det(cell))
     return jnp.where(volume > 0, 1.0 / jnp.where(volume > 0, volume, 1.0), 0.0)
 

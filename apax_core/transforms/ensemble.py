@@ -16,7 +16,8 @@ ENSEMBLE_DDOF = 1
 
 
 def mean_std(x, axis=-1):
-    """Ensemble mean and standard deviation (ddof = ENSEMBLE_DDOF) over ``axis``.
+    """Ensemble mean and standard deviation (ddof = ENSEMBLE_DDOF) over ``axis``:
+    x (..., M) -> two (...) arrays.
 
     The square root is guarded so that a zero spread (padding atoms and structures) has a zero
     gradient instead of inf * 0 = NaN.
@@ -65,7 +66,9 @@ def member_gradients(apply, params, s: Batch, *, member_apply=None, chunk_size=N
 
 def member_predictions(apply, params, s: Batch, *, member_apply=None, chunk_size=None) -> dict:
     """Every member's energy, forces and stress with their means and standard deviations
-    (eq. 6, right): ``<q>``, ``<q>_ensemble`` (members on the last axis), ``<q>_uncertainty``."""
+    (eq. 6, right): ``<q>``, ``<q>_ensemble`` (members on the last axis), ``<q>_uncertainty``.
+    Members: energy (M,), forces (N, 3, M), stress (3, 3, M); means and standard deviations
+    drop the M axis."""
     energies, g_r, g_eps = member_gradients(
         apply, params, s, member_apply=member_apply, chunk_size=chunk_size
     )

@@ -12,14 +12,13 @@ scaled by 1/sqrt(M), so that the linear kernel is the average of the member kern
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
+from apax_core.config.select import FeatureMapName
 from apax_core.transforms.derivatives import total_energies, zero_strain
 
-FeatureMapName = Literal["last_layer_gradient", "descriptor_mean"]
 FeatureFn = Callable[..., jax.Array]
 """(params, one padded structure) -> (D,) features."""
 
@@ -66,8 +65,9 @@ def descriptor_mean(apply, params, s) -> jax.Array:
 
 
 def concat_members(member_fn: FeatureFn) -> FeatureFn:
-    """Full ensemble: per-member features concatenated and scaled by 1/sqrt(M), so that
-    phi(S) . phi(S') = (1/M) sum_m g_m(S) . g_m(S') (the averaged kernel, not a sum)."""
+    """Full ensemble: per-member features (D,) concatenated to (M * D,) and scaled by
+    1/sqrt(M), so that phi(S) . phi(S') = (1/M) sum_m g_m(S) . g_m(S') (the averaged kernel,
+    not a sum)."""
 
     def fn(stacked_params, s):
         per_member = jax.vmap(lambda p: member_fn(p, s))(stacked_params)

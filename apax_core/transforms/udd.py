@@ -21,12 +21,14 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
+from apax_core.errors import InputError
 from apax_core.transforms.base import Transform
 from apax_core.transforms.ensemble import ENSEMBLE_DDOF
 
 
 def udd_energy(member_energies, n_atoms, height: float, width: float):
-    """E_b of eq. 9 from the (M,) member total energies of one structure of ``n_atoms`` atoms."""
+    """E_b of eq. 9 from the (M,) member total energies of one structure of ``n_atoms`` atoms;
+    a scalar ()."""
     m = member_energies.shape[-1]
     variance = jnp.var(member_energies, axis=-1, ddof=ENSEMBLE_DDOF)
     return height * (jnp.exp(-variance / (m * n_atoms * width**2)) - 1.0)
@@ -34,7 +36,8 @@ def udd_energy(member_energies, n_atoms, height: float, width: float):
 
 @dataclass(frozen=True)
 class UDD(Transform):
-    """Adds the eq. 9 bias to the model energy; needs an ensemble (M >= 2)."""
+    """Adds the eq. 9 bias to the model energy; needs an ensemble (M >= 2). The biased apply
+    keeps the shapes: atomic energies (N, M), E_b / N added to every real atom and member."""
 
     height: float = 1.0
     width: float = 1.2
@@ -45,7 +48,7 @@ class UDD(Transform):
 
     def check(self, model) -> None:
         if model.config.n_members < 2:
-            raise ValueError("UDD needs an ensemble model (shallow or full), got a single model")
+            raise InputError("UDD needs an ensemble model (shallow or full), got a single model")
 
     def wrap_apply(self, apply):
         def biased(params, dr_vec, Z, *rest):

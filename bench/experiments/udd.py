@@ -35,10 +35,10 @@ from selection_efficacy import sampled
 from apax_core.config import MDConfig, TrainConfig
 from apax_core.data import from_atoms
 from apax_core.frame_predictions import predict
+from apax_core.labelling import XTBLabeller
 from apax_core.md import read_trajectory, run_md
 from apax_core.model_dir import load_model
 from apax_core.train.trainer import train
-from apax_nodes.label import XTBLabeller
 
 CARBONS = (0, 1, 2, 3)
 MODEL = {
