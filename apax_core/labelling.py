@@ -196,3 +196,36 @@ def label_frames(
         log.warning("%s: structure %d failed: %s", desc, k, error)
         failures.append({"index": k, "error": error})
     return labelled, failures
+
+
+def reference_md(
+    atoms: ase.Atoms,
+    calc,
+    thermostat: tuple[float, float],
+    dt: float,
+    n_steps: int,
+    sampling_rate: int,
+    rng: np.random.Generator,
+) -> list[ase.Atoms]:
+    """Langevin MD of ``atoms`` with the reference calculator itself (held-out test data).
+
+    ``thermostat`` is (temperature in K, friction in 1/fs); ``dt`` in fs. Velocities start
+    Maxwell-Boltzmann at the temperature; a labelled copy is kept every ``sampling_rate`` steps.
+    """
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from tqdm.auto import tqdm
+
+    temperature, friction = thermostat
+    atoms = atoms.copy()
+    atoms.calc = calc
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=rng)
+    dyn = Langevin(
+        atoms, dt * units.fs, temperature_K=temperature, friction=friction / units.fs, rng=rng
+    )
+    frames = []
+    for _ in tqdm(range(n_steps // sampling_rate), desc="reference md"):
+        dyn.run(sampling_rate)
+        frames.append(label(atoms, calc))
+    return frames

@@ -5,12 +5,8 @@ from __future__ import annotations
 import ase
 import numpy as np
 import zntrack
-from ase import units
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-from tqdm import tqdm
 
-from apax_core.labelling import Labeller, label
+from apax_core.labelling import Labeller, reference_md
 from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import FramesNode, write_h5
 
@@ -39,19 +35,9 @@ class ReferenceMD(FramesNode):
 
     def run(self) -> None:
         atoms = self.data[self.index].copy()
-        atoms.calc = self.labeller.get_calculator()
         rng = np.random.default_rng(self.seed)
-        MaxwellBoltzmannDistribution(atoms, temperature_K=self.temperature, rng=rng)
-        dyn = Langevin(
-            atoms,
-            self.dt * units.fs,
-            temperature_K=self.temperature,
-            friction=self.friction / units.fs,
-            rng=rng,
-        )
-        frames = []
-        n_steps = round(self.duration / self.dt)
-        for _ in tqdm(range(n_steps // self.sampling_rate), desc=self.name):
-            dyn.run(self.sampling_rate)
-            frames.append(label(atoms, atoms.calc))
+        steps = round(self.duration / self.dt)
+        thermostat = (self.temperature, self.friction)
+        calc = self.labeller.get_calculator()
+        frames = reference_md(atoms, calc, thermostat, self.dt, steps, self.sampling_rate, rng)
         write_h5(self.frames_path, frames)

@@ -17,7 +17,14 @@ from test_md import cu108
 from workers import always_die, die_once
 
 from apax_core.config import Executor, MDConfig
-from apax_core.labelling import EMTLabeller, GenericLabeller, LabellerError, label_task, task_key
+from apax_core.labelling import (
+    EMTLabeller,
+    GenericLabeller,
+    LabellerError,
+    label_task,
+    reference_md,
+    task_key,
+)
 from apax_core.md import read_trajectory
 from apax_core.md.walkers import plan_walkers, run_walkers
 from apax_core.tasks import Lost, TaskStore, run_tasks
@@ -202,3 +209,25 @@ def test_the_documented_slurm_cluster_is_a_valid_jobqueue_config():
     for line in ("#SBATCH -p gpu", "#SBATCH -t 01:00:00", "#SBATCH --exclusive", "module load"):
         assert line in script
     assert "distributed.cli.dask_worker" in script or "dask worker" in script
+
+
+def test_reference_md_keeps_labelled_frames_of_a_thermalised_run():
+    """Reference MD runs the labeller itself: every kept frame carries the labeller's energy and
+    forces at its own positions, frames differ, and the run is reproducible from its seed."""
+    from ase.calculators.emt import EMT
+
+    atoms = bulk("Cu", cubic=True).repeat(2)
+
+    def run(seed):
+        rng = np.random.default_rng(seed)
+        return reference_md(atoms, EMT(), (600.0, 0.02), 2.0, 40, 10, rng)
+
+    frames = run(0)
+    assert len(frames) == 4
+    for f in frames:
+        fresh = f.copy()
+        fresh.calc = EMT()
+        assert f.get_potential_energy() == pytest.approx(fresh.get_potential_energy(), abs=1e-10)
+        np.testing.assert_allclose(f.get_forces(), fresh.get_forces(), atol=1e-10)
+    assert not np.allclose(frames[0].positions, frames[-1].positions)
+    np.testing.assert_array_equal(run(0)[-1].positions, frames[-1].positions)
