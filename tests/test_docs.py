@@ -4,6 +4,7 @@ in backticks is defined somewhere in the code (a module, class, function, attrib
 from __future__ import annotations
 
 import ast
+import builtins
 import re
 from pathlib import Path
 
@@ -14,17 +15,19 @@ IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*(\(\)
 
 
 def defined_names() -> set[str]:
-    """Every module, class, function, argument, assignment target and attribute name defined
-    in the two packages."""
-    names: set[str] = set(PACKAGES)
+    """Every module, class, function, argument, keyword, assignment target, attribute and
+    imported name in the two packages, and Python's builtins."""
+    names: set[str] = set(PACKAGES) | set(dir(builtins))
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
             names.update(path.relative_to(ROOT).with_suffix("").parts)
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                     names.add(node.name)
-                elif isinstance(node, ast.arg):
+                elif isinstance(node, ast.arg | ast.keyword) and node.arg:
                     names.add(node.arg)
+                elif isinstance(node, ast.alias):
+                    names.add(node.asname or node.name.split(".")[-1])
                 elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
                     names.add(node.id)
                 elif isinstance(node, ast.Attribute | ast.AnnAssign) and hasattr(node, "attr"):
