@@ -4,7 +4,8 @@ ZnTrack registers every stage's ``node-meta.json`` (run counts, times, dependenc
 a DVC metric, which floods ``dvc metrics show``. :func:`build` moves those files to the stages'
 cached outputs, and in a loop project every per-stage metrics file too: ``dvc metrics show``
 then lists the loop reports, and ``zntrack`` still reads every file through the DVC cache
-exactly as before.
+exactly as before. :func:`ignore_outputs` git-ignores every cached output when the graph is
+built, so a failed ``dvc repro`` leaves nothing for ``git add -A`` to capture.
 """
 
 from __future__ import annotations
@@ -46,7 +47,29 @@ def _path_of(entry) -> str:
     return str(next(iter(entry))) if isinstance(entry, dict) else str(entry)
 
 
+def ignore_outputs(root: str | Path = ".") -> None:
+    """Git-ignore every cached stage output now, as ``dvc repro`` would once the stage ran.
+
+    DVC writes a stage's .gitignore entries only when the whole repro succeeds (its issue
+    11091): after a failed repro the outputs of the stages that did run are untracked files,
+    and ``git add -A`` commits them, which breaks the next repro ("already tracked by SCM").
+    Entries written when the graph is built close that gap; DVC finds them and adds none.
+    """
+    from dvc.repo import Repo  # deferred: dvc's import is slow
+
+    if not (Path(root) / ".dvc").is_dir():
+        return  # not a DVC repository (yet): dvc init, then build again
+    with Repo(str(root)) as repo:
+        for stage in repo.index.stages:
+            for out in stage.outs:
+                if out.use_cache:
+                    Path(out.fs_path).parent.mkdir(parents=True, exist_ok=True)
+                    repo.scm.ignore(out.fs_path)
+
+
 def build(project: zntrack.Project) -> None:
-    """Write params.yaml, zntrack.json and a tidy dvc.yaml for ``project``."""
+    """Write params.yaml, zntrack.json and a tidy dvc.yaml for ``project``, and git-ignore the
+    stages' cached outputs."""
     project.build()
     tidy_dvc_yaml()
+    ignore_outputs()

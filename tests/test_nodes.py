@@ -269,3 +269,21 @@ def test_bad_input_ends_a_stage_with_one_line_naming_it(tmp_path):
     assert out.returncode != 0
     assert "LoadData: bad.extxyz: structure 1 has non-finite positions" in text
     assert "Traceback" not in text
+
+
+def test_a_failed_repro_leaves_no_stage_output_for_git_to_capture(tmp_path):
+    """DVC git-ignores a stage's outputs only when the whole repro succeeds: here the second
+    stage fails, and the first one's outputs must still be ignored (entries made at build)."""
+    root = init_repo(tmp_path / "p")
+    with inside(root):
+        project = zntrack.Project()
+        with project:
+            crystal = an.BuildBulk(element="Cu", repeat=[2, 2, 2])
+            an.Split(data=crystal.frames, fractions=[0.5, 0.5])  # bad input: fails at run
+        build(project)
+    out = subprocess.run(["dvc", "repro"], cwd=root, capture_output=True, text=True)
+    assert out.returncode != 0 and (root / "nodes/BuildBulk/frames.h5").is_file()
+    listed = sh("git", "status", "--porcelain", "--untracked-files=all", cwd=root).split("\n")
+    outputs = [line for line in listed if line.strip() and not line.endswith(".gitignore")]
+    outputs = [line for line in outputs if not line.endswith(("dvc.yaml", "params.yaml"))]
+    assert not [line for line in outputs if "nodes/" in line], outputs
