@@ -32,12 +32,16 @@ BENCHES = {
 
 
 def checkout(rev: str, where: Path) -> Path:
-    """A detached worktree of ``rev``."""
+    """A detached worktree of ``rev``. Revisions before apax_core had an ``__init__.py`` get an
+    empty one: a namespace package on PYTHONPATH would otherwise lose to the installed regular
+    package, and the old revision would run the new code."""
     subprocess.run(
         ["git", "-C", str(REPO), "worktree", "add", "--detach", "-f", str(where), rev],
         check=True,
         capture_output=True,
     )
+    for package in ("apax_core", "apax_core/train"):
+        (where / package / "__init__.py").touch()
     return where
 
 
