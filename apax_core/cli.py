@@ -57,8 +57,15 @@ MINIMAL_MD = """\
 structure: start.extxyz           # initial structure (or --structure)
 directory: md                     # trajectory, checkpoint, status (or --directory)
 dynamics:
-  kind: nvt                       # nve | nvt (Nose-Hoover chain) | langevin
+  kind: nvt                       # nve | nvt (Nose-Hoover chain) | langevin | npt_scr | npt_mtk
   thermostat: {chain_length: 3, chain_steps: 2, sy_steps: 3, tau: 100}  # tau in steps
+# NPT (periodic cells): stochastic cell rescaling, cell isotropic | orthorhombic | full:
+#  kind: npt_scr
+#  thermostat: {kind: langevin, friction: 0.01}                 # 1/fs
+#  cell: full
+#  tau_p: 1000                    # fs
+#  compressibility: 4.5e-5        # 1/bar (water; metals ~7e-7)
+#  pressure: {kind: constant, P: 1.01325}                        # bar
 temperature:
   kind: oscillating               # constant {T} | piecewise {times, temperatures} | oscillating
   T_low: 300
@@ -71,6 +78,7 @@ sampling_rate: 10                 # keep a frame every 10 steps
 checks:                           # stop when the model is unsure. With an ensemble (the train
   - {kind: max_temperature, max_T: 2000}  # template's ensemble lines) add, e.g.:
 #  - {kind: forces_uncertainty, threshold: 1.0}   # eV/A
+#  - {kind: volume, max_factor: 2}  # NPT: stop when V/V0 leaves [1/2, 2]
 # udd: {height: 1.0, width: 1.2}  # uncertainty-driven dynamics (ensembles)
 """
 
@@ -95,6 +103,8 @@ def _cmd_validate(args) -> int:
         print("Configuration invalid.", file=sys.stderr)
         return BAD_INPUT
     run = job[1]
+    if args.kind == "md" and args.structure is not None:
+        run = run.model_copy(update={"structure": args.structure})
     files = ("train_file", "val_file", "base_model") if args.kind == "train" else ("structure",)
     missing = [
         f"{name}: file not found: {path}"
@@ -104,8 +114,29 @@ def _cmd_validate(args) -> int:
     if missing:
         print("\n".join(missing), file=sys.stderr)
         return BAD_INPUT
+    if args.kind == "md" and run.structure is not None:
+        _validate_md_start(job[0], run, args.model)
     print(f"{args.config}: valid")
     return 0
+
+
+def _validate_md_start(spec: MDConfig, run: MDRun, model_dir: str | None) -> None:
+    """The engine's checks of the start structure (``run.structure`` frame ``run.index``)
+    that need no model or, with ``model_dir``, all of them; InputError names the frame."""
+    from apax_core.data import DataError, read_frames
+    from apax_core.md.walkers import check_start
+
+    frames = read_frames(run.structure)
+    if not -len(frames) <= run.index < len(frames):
+        raise DataError(f"{run.structure}: no structure {run.index} ({len(frames)} structures)")
+    name = f"{run.structure} structure {run.index}"
+    if model_dir is None:
+        check_start(frames[run.index], spec, name)
+        return
+    from apax_core.md.run import validate
+    from apax_core.model_dir import load_model
+
+    validate(load_model(model_dir), frames[run.index], spec, name)
 
 
 def _cmd_template(args) -> int:
@@ -293,6 +324,8 @@ def parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check a config file; print every error")
     v.add_argument("kind", choices=["train", "md"])
     v.add_argument("config")
+    v.add_argument("--structure", help="md: the start structure file (overrides `structure`)")
+    v.add_argument("--model", help="md: also check the start structure against this model")
     v.set_defaults(fn=_cmd_validate)
 
     t = sub.add_parser("template", help="print a config template")

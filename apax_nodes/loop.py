@@ -5,8 +5,11 @@
     Report:  one row per iteration (``apax-nodes report`` prints it)
 
 Every knob is an argument; every config is validated here, when the graph is built, so a typo
-fails before any stage runs. Building again with more iterations adds stages; the existing ones
-keep their names and parameters, so ``dvc repro`` runs only the new ones.
+fails before any stage runs. Start structures that exist already (a node loaded with
+``zntrack.from_rev``) get the MD engine's start checks here too (each MD node runs them when it
+is added): any cell and periodicity runs, close contacts and constraints do not. Building
+again with more iterations adds stages; the existing ones keep their names and parameters, so
+``dvc repro`` runs only the new ones.
 """
 
 from __future__ import annotations

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import ase
 import pandas as pd
+import znflow
 import zntrack
+from zntrack.config import NodeStatusEnum
 
 from apax_core.config import Executor, MDConfig, validate
 from apax_core.files import atomic_write
 from apax_core.md.io import STATUS, TRAJECTORY, WALKER, trace
+from apax_core.md.walkers import Indices, check_start, plan_walkers
 from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5
 from apax_nodes.model import local_model_dir, require_apax_model
@@ -26,13 +29,40 @@ def md_config(config: dict) -> MDConfig:
     return validate(MDConfig, config, "config")
 
 
+def check_start_structures(
+    frames: list[ase.Atoms], config: MDConfig, indices: Indices, n_walkers: int | None, source: str
+) -> None:
+    """The engine's checks that need no model (:func:`~apax_core.md.walkers.check_start`) on
+    every walker's start structure; InputError names ``source`` and the structure index."""
+    for k in sorted({w.start for w in plan_walkers(len(frames), indices, n_walkers, 0)}):
+        check_start(frames[k], config, f"{source} structure {k}")
+
+
+def frames_at_build(data) -> tuple[list[ase.Atoms], str] | None:
+    """(frames, source name) of ``data`` if they exist while the graph is built: a list of
+    Atoms, or a connection to the frames of a node loaded from a revision
+    (``zntrack.from_rev``). None while they are still to be computed (they are checked when
+    the node runs)."""
+    if isinstance(data, list) and data and all(isinstance(a, ase.Atoms) for a in data):
+        return data, "data"
+    node = data
+    while isinstance(node, znflow.Connection):
+        node = node.instance
+    if not isinstance(node, zntrack.Node) or node.state.state != NodeStatusEnum.FINISHED:
+        return None
+    return data.result, node.name
+
+
 @one_line_errors
 class MD(zntrack.Node):
     """MD with ``model`` from ``data[indices]``: one walker per index (or ``n_walkers``,
     cycling through the indices), seeded ``seed + walker``, run on ``executor``. ``config`` is an
     apax_core MD spec (dynamics, temperature schedule, UDD, stop checks). ``frames`` are the
     walkers' frames in walker order, tagged ``atoms.info["walker"]``; ``status`` says how many
-    walkers stopped early and why."""
+    walkers stopped early and why. Any cell, slab, wire or molecule runs; start structures with
+    atoms closer than 0.5 A are refused (``allow_close_contacts`` in ``config`` lifts it), when
+    the graph is built if they exist then (``zntrack.from_rev``), else before the first walker
+    runs."""
 
     model: zntrack.Node = zntrack.deps()
     data: list[ase.Atoms] = zntrack.deps()
@@ -49,6 +79,17 @@ class MD(zntrack.Node):
     def __post_init__(self):
         super().__post_init__()
         require_apax_model(self)
+        if znflow.get_graph() is not znflow.empty_graph:  # building the graph
+            self._check_inputs()
+
+    def _check_inputs(self) -> None:
+        """At graph build: the config and, where they exist already, the start structures."""
+        with znflow.disable_graph():
+            config = md_config(self.config)
+            found = frames_at_build(self.data)
+            if found is not None:
+                frames, source = found
+                check_start_structures(frames, config, self.indices, self.n_walkers, source)
 
     def run(self) -> None:
         # Imported here: jax_md starts the XLA backend on import, and `zntrack run` forks (to

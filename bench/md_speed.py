@@ -1,10 +1,13 @@
 """MD speed: microseconds per atom per step of the JAX engine and of ASE driving the calculator.
 
-    python bench/md_speed.py [--model DIR] [--sizes 108,864,6912] [--steps N]
+    python bench/md_speed.py [--model DIR] [--sizes 48,96,108,864,6912] [--steps N]
 
-fcc Cu supercells (3x3x3, 6x6x6, 12x12x12 conventional cells for 108, 864, 6912 atoms), NVT
-Nose-Hoover at 300 K, dt 1 fs, skin 0.4 A (the 108-atom cell is 10.83 A high, just above
-2 (r_max + skin)), a frame kept every 50 steps. Variants: a single model; a shallow ensemble of
+fcc Cu supercells (2x2x3, 2x3x4, 3x3x3, 6x6x6, 12x12x12 conventional cells for 48, 96, 108,
+864, 6912 atoms), NVT Nose-Hoover at 300 K, dt 1 fs, skin 0.4 A, a frame kept every 50 steps.
+The 48- and 96-atom cells are 7.22 A high, below 2 (r_max + skin) = 10.8 A (small QM cells);
+the 108-atom cell is 10.83 A high, just above. The ``list`` column is the engine's neighbour
+list for the size (``md.neighbours.list_kind``: image shifts below 6000 atoms, jax-md's
+minimum image above). Variants: a single model; a shallow ensemble of
 8 members (the dynamics use the mean force; member forces only on kept frames); the shallow
 ensemble with UDD; and ASE's VelocityVerlet driving ApaxCalculator with the single model.
 Compilation is excluded from the per-step cost (the first chunk is the warm-up) and reported
@@ -34,14 +37,15 @@ from apax_core.calculator import ApaxCalculator
 from apax_core.config import GMNNConfig
 from apax_core.config.md import MDConfig
 from apax_core.md import run_md
+from apax_core.md.neighbours import list_kind
 from apax_core.model import ModelStatistics, build_model, init_params
 from apax_core.model_dir import Model, load_model
 from apax_core.precision import x64
 
-REPEATS = {108: 3, 864: 6, 6912: 12}
-STEPS = {108: 500, 864: 200, 6912: 100}
+REPEATS = {48: (2, 2, 3), 96: (2, 3, 4), 108: 3, 864: 6, 6912: 12}
+STEPS = {48: 1000, 96: 500, 108: 500, 864: 200, 6912: 100}
 """Steps per chunk: a multiple of the sampling rate, so every chunk keeps frames."""
-ASE_STEPS = {108: 50, 864: 20, 6912: 5}
+ASE_STEPS = {48: 100, 96: 50, 108: 50, 864: 20, 6912: 5}
 SAMPLING_RATE = 50
 SKIN = 0.4
 
@@ -99,7 +103,16 @@ def ase_engine(model: Model, atoms, steps: int) -> tuple[float, float]:
     return 1e6 * per_step / len(atoms), first
 
 
-def main() -> None:
+def measure(variant: str, single: Model, shallow: Model, atoms, steps: int, ase_steps: int):
+    """(us/atom/step, compile s) of one variant on ``atoms``."""
+    if variant == "ase_single":
+        return ase_engine(single, atoms, ase_steps)
+    model = single if variant == "single" else shallow
+    cheap = variant == "single" and model.config.n_members > 1
+    return jax_engine(model, atoms, steps, udd=(variant == "udd"), force_uncertainty=not cheap)
+
+
+def arguments() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--model",
@@ -108,11 +121,15 @@ def main() -> None:
         "variants, 'single' being its cheap mode (mean forces, no member forces)",
     )
     p.add_argument("--out", default="md_speed", help="result name under bench/results")
-    p.add_argument("--sizes", default="108,864,6912")
+    p.add_argument("--sizes", default="48,96,108,864,6912")
     p.add_argument("--steps", type=int, default=None, help="steps per chunk (default by size)")
     p.add_argument("--ase-steps", type=int, default=None, help="timed ASE steps (default by size)")
     p.add_argument("--variants", default="single,shallow8,udd,ase_single")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main() -> None:
+    args = arguments()
     logging.basicConfig(level=logging.WARNING)
     sizes = [int(s) for s in args.sizes.split(",")]
     variants = args.variants.split(",")
@@ -127,20 +144,16 @@ def main() -> None:
 
     us: dict[str, dict[str, float]] = {v: {} for v in variants}
     compile_s: dict[str, dict[str, float]] = {v: {} for v in variants}
+    kinds: dict[str, str] = {}
     rows = []
     for n in sizes:
         atoms = cu(n)
         steps = args.steps or STEPS[n]
-        row = {"atoms": n, "steps/chunk": steps}
+        kinds[str(n)] = list_kind(atoms, single.config.r_max + SKIN)
+        row = {"atoms": n, "list": kinds[str(n)], "steps/chunk": steps}
         for v in variants:
-            if v == "ase_single":
-                value, comp = ase_engine(single, atoms, args.ase_steps or ASE_STEPS[n])
-            else:
-                model = single if v == "single" else shallow
-                cheap = v == "single" and model.config.n_members > 1
-                value, comp = jax_engine(
-                    model, atoms, steps, udd=(v == "udd"), force_uncertainty=not cheap
-                )
+            ase_steps = args.ase_steps or ASE_STEPS[n]
+            value, comp = measure(v, single, shallow, atoms, steps, ase_steps)
             us[v][str(n)], compile_s[v][str(n)] = value, comp
             row[v] = value
             print(
@@ -149,13 +162,14 @@ def main() -> None:
         rows.append(row)
     print()
     print("us/atom/step (lower is better)")
-    print(table(rows, ["atoms", "steps/chunk", *variants]))
+    print(table(rows, ["atoms", "list", "steps/chunk", *variants]))
     path = write_result(
         args.out,
         {
             "load_average_at_end": os.getloadavg(),
             "us_per_atom_step": us,
             "compile_s": compile_s,
+            "neighbour_list": kinds,
             "sampling_rate": SAMPLING_RATE,
             "skin": SKIN,
             "model": str(args.model) if args.model else "random reference GMNN (fp32)",

@@ -24,7 +24,7 @@ from common import DATA
 from apax_core.config import GMNNConfig, MDConfig, TrainConfig, TrainRun
 from apax_core.data import read_frames, write_frames
 from apax_core.md.build import build_engine
-from apax_core.md.neighbours import error_text, quiet
+from apax_core.md.neighbours import list_kind, quiet
 from apax_core.md.walkers import run_walkers
 from apax_core.model import ModelStatistics, build_model, init_params
 from apax_core.model_dir import Model, save_config, save_params, save_stats
@@ -98,10 +98,11 @@ def vmapped(model: Model, config: MDConfig, steps: int) -> dict:
     per atom and step counts each replica's atoms (comparable to one walker's)."""
     atoms, start = cell(), time.perf_counter()
     with x64(), quiet():
-        engine = build_engine(model, atoms, config, periodic=True)
+        kind = list_kind(atoms, model.config.r_max + config.skin)
+        engine = build_engine(model, atoms, config, kind)
         params = jax.device_put(model.variables)
-        R = jnp.asarray(atoms.get_scaled_positions())
-        nbrs = engine.allocate(R, config.extra_capacity)
+        R = jnp.asarray(engine.pairs.fractional(atoms.positions))
+        nbrs = engine.pairs.allocate(R, config.extra_capacity)
         keys = jax.random.split(jax.random.PRNGKey(config.seed), N_WALKERS)
         states = jax.vmap(lambda k: engine.init(params, k, R, None, nbrs))(keys)
         lists = jax.tree.map(lambda x: jnp.stack([x] * N_WALKERS), nbrs)
@@ -113,7 +114,8 @@ def vmapped(model: Model, config: MDConfig, steps: int) -> dict:
             jax.block_until_ready(out)
             chunk_s.append(time.perf_counter() - t0)
             if any(
-                error_text(jax.tree.map(lambda x, k=k: x[k], out.nbrs)) for k in range(N_WALKERS)
+                engine.pairs.error(jax.tree.map(lambda x, k=k: x[k], out.nbrs))
+                for k in range(N_WALKERS)
             ):
                 raise RuntimeError("a replica's neighbour list overflowed; raise extra_capacity")
             states, lists = out.state, out.nbrs

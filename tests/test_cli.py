@@ -23,7 +23,9 @@ def files(tmp_path_factory, cuag_model):
     nan = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
     nan.positions[3] = np.nan
     write_frames(root / "nan.extxyz", [nan])
-    write_frames(root / "small.extxyz", [bulk("Cu", "fcc", a=3.61, cubic=True)])
+    close = bulk("Cu", "fcc", a=3.61, cubic=True)
+    close.positions[1] = close.positions[0] + [0.2, 0.0, 0.0]
+    write_frames(root / "close.extxyz", [close])
     (root / "md.yaml").write_text("dynamics: {kind: langevin}\nduration: 4\ndt: 2\n")
     broken = save_model_dir(root / "broken", cuag_model)
     config = yaml.safe_load((broken / "config.yaml").read_text())
@@ -55,9 +57,9 @@ CASES = {
         ["md", "{model}", "{root}/md.yaml", "--structure", "{root}/cu.extxyz", "--index", "7"],
         "no structure 7",
     ),
-    "md: cell too small": (
-        ["md", "{model}", "{root}/md.yaml", "--structure", "{root}/small.extxyz"],
-        "too small",
+    "md: overlapping atoms": (
+        ["md", "{model}", "{root}/md.yaml", "--structure", "{root}/close.extxyz"],
+        "atoms 0 (Cu) and 1 (Cu) are 0.200 A apart",
     ),
     "md: missing start structure": (
         ["md", "{model}", "{root}/md.yaml", "--structure", "{root}/none.extxyz"],

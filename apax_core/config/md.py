@@ -1,6 +1,8 @@
-"""Molecular dynamics configuration: integrator, temperature schedule, stop checks, UDD, output.
+"""Molecular dynamics configuration: integrator, temperature and pressure schedules, stop checks,
+UDD, output.
 
-Units: time in fs, temperature in K, energy in eV, length in Angstrom. In the spirit of the
+Units: time in fs, temperature in K, energy in eV, length in Angstrom, pressure in bar,
+compressibility in 1/bar (the engine converts to eV/A^3 inside). In the spirit of the
 paper's listing S2 (``dt``, ``duration``, ``n_inner``, ``sampling_rate``, skin, extra capacity,
 Nose-Hoover chain), with every pluggable choice a discriminated union keyed by ``kind``.
 """
@@ -37,11 +39,16 @@ class PiecewiseTemperature(Strict):
 
     @model_validator(mode="after")
     def _points(self) -> PiecewiseTemperature:
-        if len(self.times) != len(self.temperatures):
-            raise ValueError(f"{len(self.times)} times but {len(self.temperatures)} temperatures")
-        if any(b <= a for a, b in zip(self.times, self.times[1:], strict=False)):
-            raise ValueError(f"times must be strictly increasing, got {self.times}")
+        check_points(self.times, self.temperatures, "temperatures")
         return self
+
+
+def check_points(times: list[float], values: list[float], name: str) -> None:
+    """ValueError unless ``times`` are strictly increasing and as many as ``values``."""
+    if len(times) != len(values):
+        raise ValueError(f"{len(times)} times but {len(values)} {name}")
+    if any(b <= a for a, b in zip(times, times[1:], strict=False)):
+        raise ValueError(f"times must be strictly increasing, got {times}")
 
 
 class OscillatingTemperature(Strict):
@@ -106,7 +113,80 @@ class NVTLangevin(Strict):
     """Friction coefficient gamma in 1/fs."""
 
 
-Dynamics = Annotated[NVE | NVTNoseHoover | NVTLangevin, Field(discriminator="kind")]
+# ----------------------------------------------------------------------- constant pressure (NPT)
+
+
+class ConstantPressure(Strict):
+    """The same target pressure for the whole run."""
+
+    kind: Literal["constant"] = "constant"
+    P: float = 1.01325
+    """Pressure in bar (1.01325 bar = 1 atm; negative values are tension)."""
+
+
+class PiecewisePressure(Strict):
+    """Linear interpolation between (time, pressure) points; constant outside them."""
+
+    kind: Literal["piecewise"] = "piecewise"
+    times: list[Annotated[float, Field(ge=0.0)]] = Field(min_length=1)
+    """Simulation times in fs, strictly increasing."""
+    pressures: list[float] = Field(min_length=1)
+    """Pressure in bar at each of ``times``."""
+
+    @model_validator(mode="after")
+    def _points(self) -> PiecewisePressure:
+        check_points(self.times, self.pressures, "pressures")
+        return self
+
+
+PressureSchedule = Annotated[ConstantPressure | PiecewisePressure, Field(discriminator="kind")]
+
+
+ParticleThermostat = Annotated[NVTLangevin | NVTNoseHoover, Field(discriminator="kind")]
+
+
+class NPTStochasticCellRescaling(Strict):
+    """Isothermal-isobaric ensemble by stochastic cell rescaling (Bernetti & Bussi, J. Chem.
+    Phys. 153, 114107 (2020); anisotropic: Del Tatto et al., Appl. Sci. 12, 1139 (2022)): a
+    first-order stochastic cell equation that samples the NPT ensemble, particles under a
+    Langevin or Nose-Hoover thermostat. Needs a fully periodic system."""
+
+    kind: Literal["npt_scr"] = "npt_scr"
+    thermostat: ParticleThermostat = NVTLangevin()
+    """Particle thermostat (``kind: langevin`` or ``kind: nvt``, settings as for NVT)."""
+    cell: Literal["isotropic", "orthorhombic", "full"] = "isotropic"
+    """Deformations the cell may take: volume only, the three lengths (diagonal strain), or all
+    six strain components (the lattice is kept upper triangular, i.e. it never turns)."""
+    tau_p: PositiveFloat = 1000.0
+    """Barostat relaxation time in fs (at least ~20 dt; 100-1000 dt typical)."""
+    compressibility: PositiveFloat = 4.5e-5
+    """Isothermal compressibility estimate in 1/bar (water 4.5e-5, copper 7e-7). Only the
+    coupling strength depends on it: the volume relaxes in ~tau_p when it is right."""
+    pressure: PressureSchedule = ConstantPressure()
+    """Target pressure (bar) over time."""
+
+
+class NPTMartynaTobiasKlein(Strict):
+    """Isothermal-isobaric ensemble by Martyna-Tobias-Klein equations (jax_md.simulate.
+    npt_nose_hoover): isotropic cell, Nose-Hoover chains on particles and cell; deterministic,
+    with a conserved quantity. Needs a fully periodic system."""
+
+    kind: Literal["npt_mtk"] = "npt_mtk"
+    thermostat: ThermostatChain = ThermostatChain()
+    """Particle chain (tau in time steps); the cell's chain takes the same chain settings."""
+    tau_p: PositiveFloat = 1000.0
+    """Barostat period in fs (and that of its chain); at least ~20 dt."""
+    pressure: PressureSchedule = ConstantPressure()
+    """Target pressure (bar) over time."""
+
+
+NPT = (NPTStochasticCellRescaling, NPTMartynaTobiasKlein)
+"""The constant-pressure dynamics (``isinstance(dynamics, NPT)``)."""
+
+Dynamics = Annotated[
+    NVE | NVTNoseHoover | NVTLangevin | NPTStochasticCellRescaling | NPTMartynaTobiasKlein,
+    Field(discriminator="kind"),
+]
 
 
 # ---------------------------------------------------------------------------------- stop checks
@@ -141,8 +221,17 @@ class TemperatureCheck(Strict):
     max_T: PositiveFloat
 
 
+class VolumeCheck(Strict):
+    """Stop when the cell volume V leaves [V0 / max_factor, max_factor V0], V0 the volume of
+    the initial structure (a box that explodes or collapses). Constant-pressure dynamics only."""
+
+    kind: Literal["volume"] = "volume"
+    max_factor: float = Field(2.0, gt=1.0)
+    """Largest allowed max(V / V0, V0 / V), dimensionless."""
+
+
 StopCheck = Annotated[
-    EnergyUncertaintyCheck | ForcesUncertaintyCheck | TemperatureCheck,
+    EnergyUncertaintyCheck | ForcesUncertaintyCheck | TemperatureCheck | VolumeCheck,
     Field(discriminator="kind"),
 ]
 
@@ -188,6 +277,10 @@ class MDConfig(Strict):
     """Seed of the Maxwell-Boltzmann velocities and of the Langevin noise."""
     load_momenta: bool = False
     """Start from the momenta stored in the initial structure instead of Maxwell-Boltzmann."""
+    allow_close_contacts: bool = False
+    """Run a start structure with two atoms (or an atom and its image) closer than the
+    training-data screening limit (``data.screening.min_distance``, 0.5 A). Off: such a start
+    is refused, naming the pair."""
     checks: list[StopCheck] = []
     """Stop criteria evaluated on every kept frame; non-finite energies or positions always stop."""
     force_uncertainty: bool = True
@@ -216,6 +309,8 @@ class MDConfig(Strict):
             raise ValueError("a forces_uncertainty check needs force_uncertainty: true")
         if self.store_forces_ensemble and not self.force_uncertainty:
             raise ValueError("store_forces_ensemble needs force_uncertainty: true")
+        if any(c.kind == "volume" for c in self.checks) and not isinstance(self.dynamics, NPT):
+            raise ValueError(f"a volume check needs NPT dynamics, got {self.dynamics.kind!r}")
         return self
 
 

@@ -24,12 +24,24 @@ MAD_TO_SIGMA = 1.4826
 """Median absolute deviation of a normal distribution times this is its standard deviation."""
 
 
+def closest_pair(structure: Structure, min_distance: float) -> tuple[int, int, float] | None:
+    """(i, j, distance in A) of the closest two atoms (or an atom and an image of itself,
+    i == j) closer than ``min_distance`` (A), or None if there are none (or the check is off,
+    ``min_distance`` 0)."""
+    if min_distance <= 0:
+        return None
+    nl = neighbour_list(structure, min_distance)
+    if not nl.n_pairs:
+        return None
+    r = structure.positions[nl.idx_j] - structure.positions[nl.idx_i] + nl.offsets
+    k = int(np.argmin(np.linalg.norm(r, axis=1)))
+    return int(nl.idx_i[k]), int(nl.idx_j[k]), float(np.linalg.norm(r[k]))
+
+
 def overlapping(structures: Sequence[Structure], min_distance: float) -> list[int]:
     """Indices of the structures with two atoms (or an atom and an image) closer than
     ``min_distance``."""
-    if min_distance <= 0:
-        return []
-    return [k for k, s in enumerate(structures) if neighbour_list(s, min_distance).n_pairs]
+    return [k for k, s in enumerate(structures) if closest_pair(s, min_distance) is not None]
 
 
 def robust_z(values: np.ndarray) -> np.ndarray:

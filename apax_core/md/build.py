@@ -1,9 +1,13 @@
 """Building the MD engine: jitted chunks of ``n_inner`` jax-md steps, frames kept on the device.
 
 One chunk is one ``lax.while_loop`` over integrator steps. Each step moves the system (the
-cheap mean-energy force, plus the UDD bias if enabled), brings the neighbour list up to date
-and, every ``sampling_rate`` steps, evaluates the full prediction (uncertainties; member forces
-for ensembles) under ``lax.cond``, runs the stop checks and stores the frame in a device buffer.
+cheap mean-energy force, plus the UDD bias if enabled), brings the neighbour list (the kind
+chosen for the system, :mod:`apax_core.md.neighbours`) up to date and, every
+``sampling_rate`` steps, evaluates the full prediction (uncertainties; member forces for
+ensembles) under ``lax.cond``, runs the stop checks and stores the frame in a device buffer.
+Under constant pressure the cell is part of the integrator state (``state.box``, lattice
+vectors as columns): the energy, the list update and the frames take it from there, each step
+gets the target pressure of its time, and frames carry their cell.
 Running the chunks (host loop, files, restart) is :mod:`apax_core.md.run`.
 
 The compiled functions take the model's :class:`~apax_core.model_dir.Variables` (parameters and
@@ -14,6 +18,7 @@ recalibrated models of one system share one compilation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -22,29 +27,35 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax_md import partition
+from jax_md import space
 
-from apax_core.config.md import MDConfig
+from apax_core.config.md import NPT, MDConfig
 from apax_core.md import checks as stop
+from apax_core.md.barostats import bar_to_eva3
 from apax_core.md.integrators import integrator, kinetic_temperature, kT_of
-from apax_core.md.model_adapter import dynamics_energy, structure
-from apax_core.md.neighbours import allocate, make_space, neighbour_fns
-from apax_core.md.schedules import temperature_fn
+from apax_core.md.model_adapter import dynamics_energy
+from apax_core.md.neighbours import PairList, pair_list
+from apax_core.md.schedules import pressure_fn, temperature_fn
 from apax_core.model_dir import Model, Variables
 from apax_core.predictor import architecture, predictor
 from apax_core.transforms import UDD, Transform
 
-ENGINE_EXCLUDE = {"duration", "seed"}
+ENGINE_EXCLUDE = {"duration", "seed", "allow_close_contacts"}
 """Settings the compiled engine does not depend on (walkers differ only in the seed)."""
+NPT_CELL_MARGIN = 0.2
+"""Under constant pressure the image list covers cells whose heights shrank by up to 20 %
+(a volume near half the start's, where the default volume check stops the run)."""
 
 
 class Carry(NamedTuple):
     """Loop state of one chunk."""
 
     state: Any
-    """The jax-md integrator state (positions (N, 3), fractional if periodic; momenta (N, 3))."""
-    nbrs: partition.NeighborList
-    """The neighbour list, ``idx`` (N, K) slots valid at ``state.position``."""
+    """The jax-md integrator state (positions (N, 3), fractional; momenta (N, 3); under
+    constant pressure the box (3, 3), lattice vectors as columns)."""
+    nbrs: Any
+    """The neighbour list (:class:`~apax_core.md.neighbours.PairList`'s kind), ``idx`` (N, K)
+    slots valid at ``state.position``."""
     step: jax.Array
     """() int: steps done."""
     stopped: jax.Array
@@ -74,104 +85,136 @@ def to_f64(tree):
 class Engine:
     """The jitted functions for one architecture, system and set of settings.
 
-    ``init(variables, key, R, momenta, nbrs) -> state`` with R (N, 3) positions (fractional if
-    periodic) and momenta (N, 3) or None; ``chunk(variables, state, nbrs, step, end) -> Carry``.
+    ``init(variables, key, R, momenta, nbrs) -> state`` with R (N, 3) fractional positions of
+    ``pairs.cell`` and momenta (N, 3) or None; ``chunk(variables, state, nbrs, step, end) ->
+    Carry``.
     """
 
     numbers: np.ndarray
     """(N,) atomic numbers."""
     cell: np.ndarray
-    """(3, 3) cell, rows are lattice vectors (jax-md's triangular form if periodic)."""
+    """(3, 3) the structure's cell, rows are lattice vectors (zero rows where ASE has them)."""
     pbc: np.ndarray
     """(3,) periodicity."""
-    nbr_fns: partition.NeighborListFns
+    pairs: PairList
+    """The neighbour list kind, its cell and its host functions (allocate, save, ...)."""
     init: Callable
     chunk: Callable
     reasons: list
     """Reason text of each reason code."""
 
-    def allocate(self, R, extra: int) -> partition.NeighborList:
-        """A fresh list at R (N, 3) with ``extra`` spare slots per atom."""
-        return allocate(self.nbr_fns, R, extra)
 
-
-def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: bool) -> Engine:
-    """Compose model, transforms, space, neighbour list and integrator into jitted functions.
-    Only the architecture of ``model`` is used: parameters and calibration are arguments."""
+def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, kind: str) -> Engine:
+    """Compose model, transforms, space, neighbour list of ``kind`` and integrator into jitted
+    functions. Only the architecture of ``model`` is used: parameters and calibration are
+    arguments."""
     Z = jnp.asarray(atoms.numbers, jnp.int32)
-    box = jnp.asarray(atoms.cell.array.T) if periodic else None
-    displacement, shift = make_space(box)
-    nbr_fns = neighbour_fns(
-        displacement, box, model.config.r_max, config.skin, config.capacity_multiplier
+    margin = NPT_CELL_MARGIN if isinstance(config.dynamics, NPT) else 0.0
+    pairs = pair_list(
+        kind, atoms, model.config.r_max, config.skin, config.capacity_multiplier, margin
     )
+    cell = jnp.asarray(pairs.cell)
+    _, shift = pairs.space()
     transforms = transforms_of(config)
-    energy = dynamics_energy(predictor(model, "energy", transforms=transforms), Z, box)
+    structure = functools.partial(pairs.structure, Z=Z)
+    energy = dynamics_energy(predictor(model, "energy", transforms=transforms), structure, cell)
     T_of = temperature_fn(config.temperature)
     integ = integrator(config.dynamics, energy, shift, config.dt, kT_of(float(T_of(0.0))))
     mode = "uncertainty" if config.force_uncertainty else "forces"
-    predict = predictor(model, mode, stress=periodic, transforms=transforms)
-    record = _recorder(predict, config, Z, box, integ.conserves_momentum)
-    chunk = _chunker(record, _advancer(integ, T_of, record, config, len(atoms)), config)
+    predict = predictor(model, mode, stress=bool(atoms.pbc.any()), transforms=transforms)
+    cell_of = _cell_of(config, pairs)
+    record = _recorder(predict, config, structure, pairs, cell_of, integ.conserves_momentum)
+    advance = _advancer(integ, record, config, pairs, cell_of, len(atoms))
+    chunk = _chunker(record, advance, config)
     masses = atoms.get_masses()
+    box = {"box": cell.T} if isinstance(config.dynamics, NPT) else {}
 
     def init(variables: Variables, key, R, momenta, nbrs):
         kT, mass = kT_of(T_of(0.0)), jnp.asarray(masses)
-        return to_f64(integ.init(key, R, kT, mass, momenta, neighbor=nbrs, params=variables))
+        state = integ.init(key, R, kT, mass, momenta, neighbor=nbrs, params=variables, **box)
+        return to_f64(state)
 
     return Engine(
         numbers=atoms.numbers.copy(),
         cell=atoms.cell.array.copy(),
         pbc=atoms.pbc.copy(),
-        nbr_fns=nbr_fns,
+        pairs=pairs,
         init=jax.jit(init),
         chunk=jax.jit(chunk),
         reasons=stop.reasons(config.checks),
     )
 
 
-def _recorder(predict, config: MDConfig, Z, box, conserves_momentum: bool) -> Callable:
+def _cell_of(config: MDConfig, pairs: PairList) -> Callable:
+    """state -> its (3, 3) cell, rows in A: the integrator's box under constant pressure, else
+    the list's fixed cell."""
+    if isinstance(config.dynamics, NPT):
+        return lambda state: state.box.T
+    cell = jnp.asarray(pairs.cell)
+    return lambda state: cell
+
+
+def _targets(config: MDConfig) -> Callable:
+    """time (fs) -> (kT in eV, target pressure in eV/A^3 or None at constant volume)."""
+    T_of = temperature_fn(config.temperature)
+    if not isinstance(config.dynamics, NPT):
+        return lambda t: (kT_of(T_of(t)), None)
+    P_of = pressure_fn(config.dynamics.pressure)
+    return lambda t: (kT_of(T_of(t)), bar_to_eva3(P_of(t)))
+
+
+def _recorder(
+    predict, config: MDConfig, structure, pairs: PairList, cell_of, conserves_momentum: bool
+) -> Callable:
     """(variables, state, nbrs, step) -> one kept frame: the full prediction (member forces are
-    dropped unless stored), positions (N, 3), momenta (N, 3), kinetic temperature and step.
-    Args: ``Z`` (N,) atomic numbers, ``box`` (3, 3) lattice vectors as columns or None."""
+    dropped unless stored), positions (N, 3) in A wrapped into the cell along its periodic
+    axes, momenta (N, 3), kinetic temperature, step and, under constant pressure, the cell
+    (3, 3) (rows, A). ``structure(R, nbrs, cell=...)`` is the list's Batch builder, ``cell_of``
+    the state's cell (:func:`_cell_of`)."""
     drop = {"stress_ensemble"} | ({"forces_ensemble"} - _kept(config))
+    npt = isinstance(config.dynamics, NPT)
 
     def record(variables: Variables, state, nbrs, step) -> dict:
-        s = structure(state.position, nbrs.idx, Z, box)
+        cell = cell_of(state)
+        s = structure(state.position, nbrs, cell=cell)
         out = {k: v for k, v in predict(variables, s).items() if k not in drop}
         return {
             **out,
-            "positions": s.positions,
+            "positions": space.transform(cell.T, pairs.wrap(state.position)),
             "momenta": state.momentum,
             "temperature": kinetic_temperature(state.momentum, state.mass, conserves_momentum),
             "step": step,
+            **({"cell": cell} if npt else {}),
         }
 
     return record
 
 
-def _advancer(integ, T_of, record, config: MDConfig, n_atoms: int) -> Callable:
-    """(variables, blank frame, carry) -> carry after one step (see ``advance``)."""
+def _advancer(integ, record, config: MDConfig, pairs: PairList, cell_of, n_atoms: int) -> Callable:
+    """(variables, blank frame, carry) -> carry after one step (see ``advance``); the volume
+    check compares with the volume of the list's initial cell."""
     rate, dt, checks = config.sampling_rate, config.dt, tuple(config.checks)
+    targets, volume0 = _targets(config), float(abs(np.linalg.det(pairs.cell)))
 
     def advance(variables: Variables, blank: dict, c: Carry) -> Carry:
-        """One step whose forces always come from a list valid at the new positions: the list
-        is checked at the positions the step moved to, and if it had to be rebuilt there the
-        step is redone from the same state (same random key) with the rebuilt list. On kept
-        steps the full prediction is made and checked; the frame goes to ``buf[count]``."""
-        kT = kT_of(T_of(c.step * dt))
+        """One step whose forces always come from a list valid at the new positions (and
+        cell): the list is checked where the step moved to, and if it had to be rebuilt there
+        the step is redone from the same state (same random key) with the rebuilt list. On
+        kept steps the full prediction is made and checked; the frame goes to
+        ``buf[count]``."""
+        kT, pressure = targets(c.step * dt)
 
         def move(nbrs):
-            return integ.step(c.state, kT, neighbor=nbrs, params=variables)
+            return integ.step(c.state, kT, pressure, neighbor=nbrs, params=variables)
 
         state = move(c.nbrs)
-        nbrs = c.nbrs.update(state.position)
-        rebuilt = jnp.any(nbrs.reference_position != c.nbrs.reference_position)
-        state = jax.lax.cond(rebuilt, move, lambda _: state, nbrs)
+        nbrs = pairs.update(c.nbrs, state.position, cell_of(state))
+        state = jax.lax.cond(pairs.rebuilt(c.nbrs, nbrs), move, lambda _: state, nbrs)
         step = c.step + 1
 
         def keep(_):
             frame = record(variables, state, nbrs, step)
-            return frame, stop.reason_code(checks, frame, n_atoms)
+            return frame, stop.reason_code(checks, frame, n_atoms, volume0)
 
         sample = step % rate == 0
         frame, code = jax.lax.cond(sample, keep, lambda _: (blank, jnp.int32(0)), None)
@@ -216,11 +259,12 @@ _ENGINES: dict[tuple, Engine] = {}
 _MAX_ENGINES = 4
 
 
-def engine_key(model: Model, atoms: ase.Atoms, config: MDConfig) -> tuple:
+def engine_key(model: Model, atoms: ase.Atoms, config: MDConfig, kind: str) -> tuple:
     """What a compiled engine depends on: the architecture (not the parameters or the
-    calibration), the settings but seed and duration, and the system (numbers, cell,
-    periodicity, masses; not the positions)."""
+    calibration), the settings but seed and duration, the system (numbers, cell, periodicity,
+    masses; not the positions) and the neighbour list kind."""
     return (
+        kind,
         architecture(model),
         config.model_dump_json(exclude=ENGINE_EXCLUDE),
         atoms.numbers.tobytes(),
@@ -230,13 +274,14 @@ def engine_key(model: Model, atoms: ase.Atoms, config: MDConfig) -> tuple:
     )
 
 
-def engine_for(model: Model, atoms: ase.Atoms, config: MDConfig, periodic: bool) -> Engine:
-    """A cached engine for the architecture of ``model``, the system and the settings."""
-    key = engine_key(model, atoms, config)
+def engine_for(model: Model, atoms: ase.Atoms, config: MDConfig, kind: str) -> Engine:
+    """A cached engine for the architecture of ``model``, the system, the settings and the
+    neighbour list ``kind``."""
+    key = engine_key(model, atoms, config, kind)
     engine = _ENGINES.get(key)
     if engine is None:
         # Built from a model without arrays: the cached closures keep no parameters alive.
-        engine = build_engine(Model(model.config, model.stats, None), atoms, config, periodic)
+        engine = build_engine(Model(model.config, model.stats, None), atoms, config, kind)
         if len(_ENGINES) >= _MAX_ENGINES:
             _ENGINES.pop(next(iter(_ENGINES)))
         _ENGINES[key] = engine

@@ -1,9 +1,9 @@
 """The MD checkpoint: everything a run needs to continue bit for bit.
 
 Integrator state (positions, momenta, forces, thermostat chain, Langevin key), the neighbour
-list (slots, reference positions) and the :class:`RunState` (step, frames written, stop,
-capacity, run identity). One .npz written whole (temp + rename) after each chunk's frames were
-appended.
+list (its arrays as its kind saves them: slots, reference positions, image shifts) and the
+:class:`RunState` (step, frames written, stop, capacity, run identity). One .npz written whole
+(temp + rename) after each chunk's frames were appended.
 """
 
 from __future__ import annotations
@@ -43,19 +43,16 @@ class RunState(NamedTuple):
 class Checkpoint:
     state_leaves: list[np.ndarray]
     """The integrator state's leaves, in the tree order of a fresh start."""
-    nbr_idx: np.ndarray
-    """(N, K) neighbour slots (N marks an empty slot)."""
-    nbr_reference: np.ndarray
-    """(N, 3) positions the list was built at (fractional if periodic)."""
+    nbrs: dict[str, np.ndarray]
+    """The neighbour list's arrays by name (``PairList.save``), e.g. ``idx`` (N, K) slots."""
     run: RunState
 
 
-def save(directory: Path, state, nbrs, run: RunState) -> None:
-    """Write the integrator ``state``, the neighbour list ``nbrs`` and ``run`` whole."""
+def save(directory: Path, state, nbrs: dict[str, np.ndarray], run: RunState) -> None:
+    """Write the integrator ``state``, the neighbour list's arrays ``nbrs`` and ``run`` whole."""
     leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
     arrays = {f"state_{k}": x for k, x in enumerate(leaves)}
-    arrays["nbr_idx"] = np.asarray(nbrs.idx)
-    arrays["nbr_reference"] = np.asarray(nbrs.reference_position)
+    arrays |= {f"nbr_{k}": np.asarray(x) for k, x in nbrs.items()}
     arrays["meta"] = np.asarray(json.dumps(run._asdict()))
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -71,8 +68,7 @@ def load(directory: Path) -> Checkpoint | None:
         n = sum(1 for k in data.files if k.startswith("state_"))
         return Checkpoint(
             state_leaves=[data[f"state_{k}"] for k in range(n)],
-            nbr_idx=data["nbr_idx"],
-            nbr_reference=data["nbr_reference"],
+            nbrs={k.removeprefix("nbr_"): data[k] for k in data.files if k.startswith("nbr_")},
             run=RunState(**json.loads(str(data["meta"]))),
         )
 

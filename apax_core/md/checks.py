@@ -16,8 +16,10 @@ from apax_core.config.md import (
     ForcesUncertaintyCheck,
     StopCheck,
     TemperatureCheck,
+    VolumeCheck,
 )
 from apax_core.errors import InputError
+from apax_core.md.barostats import volume_factor
 
 NAN = 1
 
@@ -27,9 +29,10 @@ def reasons(checks: Sequence[StopCheck]) -> list[str | None]:
     return [None, "nan", *(c.kind for c in checks)]
 
 
-def check_value(check: StopCheck, frame: dict, n_atoms: int):
+def check_value(check: StopCheck, frame: dict, n_atoms: int, volume0=None):
     """The () quantity ``check`` compares with its threshold. ``frame``: energy_uncertainty (),
-    forces_uncertainty (N, 3), temperature () as the engine records them."""
+    forces_uncertainty (N, 3), temperature () (K), cell (3, 3) (A) as the engine records them;
+    ``volume0`` the initial cell volume (A^3) of a volume check."""
     if isinstance(check, EnergyUncertaintyCheck):
         sigma = frame["energy_uncertainty"]
         return sigma / n_atoms if check.per_atom else sigma
@@ -40,19 +43,24 @@ def check_value(check: StopCheck, frame: dict, n_atoms: int):
         return jnp.max(sigma)
     if isinstance(check, TemperatureCheck):
         return frame["temperature"]
+    if isinstance(check, VolumeCheck):
+        return volume_factor(frame["cell"], volume0)
     raise TypeError(f"unknown check {check!r}")
 
 
 def threshold(check: StopCheck) -> float:
-    return check.max_T if isinstance(check, TemperatureCheck) else check.threshold
+    if isinstance(check, TemperatureCheck):
+        return check.max_T
+    return check.max_factor if isinstance(check, VolumeCheck) else check.threshold
 
 
-def reason_code(checks: Sequence[StopCheck], frame: dict, n_atoms: int):
+def reason_code(checks: Sequence[StopCheck], frame: dict, n_atoms: int, volume0=None):
     """() int32 reason code of ``frame`` (0 if no check fires); ``frame`` holds energy (),
-    positions (N, 3), forces (N, 3) and what the checks read."""
+    positions (N, 3), forces (N, 3) and what the checks read; ``volume0`` (A^3) as in
+    :func:`check_value`."""
     code = jnp.zeros((), jnp.int32)
     for k in reversed(range(len(checks))):
-        fired = check_value(checks[k], frame, n_atoms) > threshold(checks[k])
+        fired = check_value(checks[k], frame, n_atoms, volume0) > threshold(checks[k])
         code = jnp.where(fired, 2 + k, code)
     finite = jnp.isfinite(frame["energy"]) & jnp.all(jnp.isfinite(frame["positions"]))
     finite = finite & jnp.all(jnp.isfinite(frame["forces"]))

@@ -34,7 +34,6 @@ from jax_md import space
 
 from apax_core.data.batch import Batch
 from apax_core.errors import InputError
-from apax_core.md.neighbours import heights
 
 OVERFLOW = 1
 """Error bit: some atom had more neighbours than slots (reallocate a larger list)."""
@@ -77,6 +76,14 @@ class ImageListFns(NamedTuple):
 # ------------------------------------------------------------------------------------ host
 
 
+def heights(cell: np.ndarray) -> np.ndarray:
+    """(3,) perpendicular distances between opposite faces of ``cell`` (3, 3), rows are lattice
+    vectors; 0 for a singular cell."""
+    volume = abs(np.linalg.det(cell))
+    areas = [np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)]
+    return np.array([volume / a if a > 0 else 0.0 for a in areas])
+
+
 def image_shifts(cell: np.ndarray, pbc, cutoff: float, cell_margin: float = 0.0) -> np.ndarray:
     """(S, 3) int32 every shift from a pair's nearest image that ``cutoff`` can reach.
 
@@ -112,10 +119,12 @@ def embedding_cell(cell: np.ndarray, pbc) -> np.ndarray:
 
 
 def minimum_image_ok(cell: np.ndarray, pbc, cutoff: float) -> bool:
-    """Whether jax-md's minimum-image list is exact: periodic along every axis and every
-    height at least 2 ``cutoff`` (the list cutoff, r_max + skin)."""
-    pbc = np.asarray(pbc, bool)
-    return bool(pbc.all()) and float(heights(np.asarray(cell, float)).min()) >= 2 * cutoff
+    """Whether jax-md's minimum-image list is exact: periodic along every axis, a right-handed
+    cell (its triangular form has a positive diagonal) and every height at least 2 ``cutoff``
+    (the list cutoff, r_max + skin)."""
+    cell, pbc = np.asarray(cell, float), np.asarray(pbc, bool)
+    right_handed = np.linalg.det(cell) > 0
+    return bool(pbc.all() and right_handed) and float(heights(cell).min()) >= 2 * cutoff
 
 
 def recommend(cell: np.ndarray, pbc, n_atoms: int, cutoff: float) -> str:

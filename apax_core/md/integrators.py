@@ -1,40 +1,30 @@
-"""jax-md integrators behind one interface, in ASE units (eV, A, amu; time unit ase.units.fs).
+"""jax-md integrators behind one interface (:class:`~apax_core.md.kinetics.Integrator`), in ASE
+units (eV, A, amu; time unit ase.units.fs); the constant-pressure ones are built by
+:mod:`apax_core.md.barostats`.
 
 Every option of the config reaches jax-md: the Nose-Hoover chain gets chain_length,
-chain_steps, sy_steps and tau (tau * dt), Langevin its friction in 1/fs.
-
-Degrees of freedom: Maxwell-Boltzmann momenta start with the centre-of-mass motion removed, and
-NVE and Nose-Hoover dynamics conserve the total momentum, so the kinetic energy has 3N - 3
-degrees of freedom. jax-md's chain counts 3N, which runs a small system 3N / (3N - 3) too hot
-(8 atoms: 14 %); the chain here is coupled to 3N - 3, and loaded momenta lose their drift
-first. Langevin noise thermalises all 3N.
+chain_steps, sy_steps and tau (tau * dt), Langevin its friction in 1/fs. Degrees of freedom:
+see :mod:`apax_core.md.kinetics` (chains are coupled to 3N - 3).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
 
 import jax.numpy as jnp
 from ase import units
 from jax_md import dataclasses, simulate
 
-from apax_core.config.md import NVE, Dynamics, NVTLangevin, NVTNoseHoover
-
-
-class Integrator(NamedTuple):
-    """``init(key, R, kT, mass, momenta, **kw)`` -> state; ``step(state, kT, **kw)`` -> state.
-    R and momenta (N, 3), mass (N,), kT () in eV."""
-
-    init: Callable
-    step: Callable
-    conserves_momentum: bool
-    """The total momentum is constant (NVE, Nose-Hoover): 3N - 3 kinetic degrees of freedom."""
-
-
-def kinetic_dof(n_atoms: int, conserves_momentum: bool) -> int:
-    """Kinetic degrees of freedom of ``n_atoms`` atoms in 3D."""
-    return 3 * n_atoms - 3 if conserves_momentum and n_atoms > 1 else 3 * n_atoms
+from apax_core.config.md import (
+    NVE,
+    Dynamics,
+    NPTMartynaTobiasKlein,
+    NPTStochasticCellRescaling,
+    NVTLangevin,
+    NVTNoseHoover,
+)
+from apax_core.md.barostats import mtk, scr
+from apax_core.md.kinetics import Integrator, kinetic_dof, without_drift
 
 
 def kinetic_temperature(momentum, mass, conserves_momentum: bool):
@@ -50,14 +40,6 @@ def kinetic_temperature(momentum, mass, conserves_momentum: bool):
     return twice_ke / (kinetic_dof(n, conserves_momentum) * units.kB)
 
 
-def without_drift(momenta, mass):
-    """``momenta`` (N, 3) less the centre-of-mass motion (``mass`` (N,) or (N, 1)). A
-    Nose-Hoover chain coupled to 3N - 3 degrees of freedom would otherwise heat or cool a
-    loaded drift as if it were thermal."""
-    mass = jnp.reshape(mass, (-1, 1))
-    return momenta - mass * jnp.sum(momenta, axis=0) / jnp.sum(mass)
-
-
 def kT_of(temperature_K):
     """Thermal energy in eV of a temperature in K (any shape)."""
     return units.kB * temperature_K
@@ -66,11 +48,16 @@ def kT_of(temperature_K):
 def integrator(
     dynamics: Dynamics, energy_fn: Callable, shift_fn: Callable, dt_fs: float, kT0: float
 ) -> Integrator:
-    """jax-md init/step functions for ``dynamics`` with time step ``dt_fs`` (fs).
+    """jax-md init/step functions for ``dynamics`` with time step ``dt_fs`` (fs); ``kT0`` (eV)
+    sets the initial chain (and MTK box) masses.
 
     ``energy_fn(R, **kwargs)`` receives the step's keyword arguments (neighbour list,
-    parameters and ``kT``, which it ignores).
+    parameters and ``kT``, which it ignores; ``box`` under constant pressure).
     """
+    if isinstance(dynamics, NPTStochasticCellRescaling):
+        return scr(energy_fn, shift_fn, dt_fs, dynamics)
+    if isinstance(dynamics, NPTMartynaTobiasKlein):
+        return mtk(energy_fn, shift_fn, dt_fs, kT0, dynamics)
     dt = dt_fs * units.fs
     if isinstance(dynamics, NVE):
         init, step = simulate.nve(energy_fn, shift_fn, dt)
@@ -78,7 +65,7 @@ def integrator(
         def init_nve(key, R, kT, mass, momenta=None, **kw):
             return init(key, R, kT, mass=mass, momenta=momenta, **kw)
 
-        return Integrator(init_nve, lambda state, kT, **kw: step(state, kT=kT, **kw), True)
+        return Integrator(init_nve, _constant_volume(step), True)
     if isinstance(dynamics, NVTNoseHoover):
         c = dynamics.thermostat
         init, step = simulate.nvt_nose_hoover(
@@ -109,4 +96,13 @@ def integrator(
             state = state.set(chain=dataclasses.replace(state.chain, degrees_of_freedom=dof))
         return state
 
-    return Integrator(init_thermostat, lambda state, kT, **kw: step(state, kT=kT, **kw), conserves)
+    return Integrator(init_thermostat, _constant_volume(step), conserves)
+
+
+def _constant_volume(step: Callable) -> Callable:
+    """jax-md's ``step(state, kT=kT, **kw)`` as ``step(state, kT, pressure=None, **kw)``."""
+
+    def constant_volume(state, kT, pressure=None, **kw):
+        return step(state, kT=kT, **kw)
+
+    return constant_volume

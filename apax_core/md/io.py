@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ase
 import numpy as np
+from ase import units
 
 from apax_core.calculator import ase_results, with_results
 from apax_core.files import atomic_write
@@ -28,22 +29,36 @@ WALKER = "walker{:03d}"
 def frames_to_atoms(buf: dict, count: int, numbers, cell, pbc, dt_fs: float) -> list[ase.Atoms]:
     """Host copies of the first ``count`` buffered frames as Atoms with their results, steps
     (``md_step``), times (``md_time_fs``) and kinetic temperatures (``temperature``, K).
+    Constant-pressure frames (``buf`` has ``cell``) carry their own cell, its volume
+    (``volume_A3``) and the instantaneous pressure (``pressure_bar``, :func:`pressure_bar`).
 
-    Args: ``buf`` arrays of shape (F, ...) per key, e.g. positions (F, N, 3); ``numbers`` (N,),
-    ``cell`` (3, 3) rows are lattice vectors, ``pbc`` (3,).
+    Args: ``buf`` arrays of shape (F, ...) per key, e.g. positions (F, N, 3) and, under
+    constant pressure, cell (F, 3, 3); ``numbers`` (N,), ``cell`` (3, 3) of constant-volume
+    frames, rows are lattice vectors, ``pbc`` (3,).
     """
-    keys = [k for k in buf if k not in ("positions", "momenta", "step", "temperature")]
+    keys = [k for k in buf if k not in ("positions", "momenta", "step", "temperature", "cell")]
     frames = []
     for k in range(count):
-        atoms = ase.Atoms(numbers=numbers, positions=buf["positions"][k], cell=cell, pbc=pbc)
+        frame_cell = buf["cell"][k] if "cell" in buf else cell
+        atoms = ase.Atoms(numbers=numbers, positions=buf["positions"][k], cell=frame_cell, pbc=pbc)
         atoms.set_momenta(buf["momenta"][k], apply_constraint=False)
         step = int(buf["step"][k])
         atoms.info.update(
             md_step=step, md_time_fs=step * dt_fs, temperature=float(buf["temperature"][k])
         )
         pred = {key: buf[key][k] for key in keys}
-        frames.append(with_results(atoms, ase_results(pred, len(atoms), bool(pbc.any()))))
+        atoms = with_results(atoms, ase_results(pred, len(atoms), bool(pbc.any())))
+        if "cell" in buf:
+            atoms.info.update(volume_A3=atoms.get_volume(), pressure_bar=pressure_bar(atoms))
+        frames.append(atoms)
     return frames
+
+
+def pressure_bar(atoms: ase.Atoms) -> float:
+    """Instantaneous pressure in bar of a periodic frame with stress and momenta: the trace / 3
+    of sum_i p_i p_i^T / (m_i V) - stress (ASE's ``include_ideal_gas``; the barostats' own)."""
+    stress = atoms.get_stress(voigt=False, include_ideal_gas=True)
+    return float(-np.trace(stress) / 3.0 / units.bar)
 
 
 def append_frames(path: Path, frames: list[ase.Atoms], timestep_fs: float) -> None:
@@ -85,12 +100,16 @@ def status_dict(run: RunState, dt_fs: float) -> dict:
 
 
 def trace(frames: list[ase.Atoms]) -> list[dict[str, float]]:
-    """One row per frame: simulated time (the stored ``md_time_fs``), kinetic temperature and,
-    for ensembles, the energy uncertainty and the largest per-atom force uncertainty norm."""
+    """One row per frame: simulated time (the stored ``md_time_fs``), kinetic temperature (K);
+    for periodic frames with stress (every periodic run) the volume (``volume_A3``) and the
+    pressure (``pressure_bar``, :func:`pressure_bar`); for ensembles, the energy uncertainty
+    and the largest per-atom force uncertainty norm."""
     rows = []
     for atoms in frames:
         res = atoms.calc.results if atoms.calc is not None else {}
         row = {"time_fs": float(atoms.info["md_time_fs"]), "temperature": atoms.get_temperature()}
+        if atoms.pbc.all() and "stress" in res:
+            row.update(volume_A3=atoms.get_volume(), pressure_bar=pressure_bar(atoms))
         if "energy_uncertainty" in res:
             row["energy_uncertainty"] = float(res["energy_uncertainty"])
         if "forces_uncertainty" in res:

@@ -1,66 +1,52 @@
-"""Simulation space and the on-device neighbour list (jax-md) of the MD engine.
+"""The MD engine's neighbour list: two kinds behind one interface, chosen per system.
 
-Periodic systems live in fractional coordinates of ``space.periodic_general`` (momenta and
-forces stay Cartesian); molecules use ``space.free()``. The list holds pairs within
-``r_max + skin`` in jax-md's Dense format, ``idx`` of shape (N, capacity) with N marking empty
-slots (the model's dense neighbour layout), and is rebuilt once an atom has moved more than
-``skin / 2``. Cell lists are used whenever the box holds at least four cells per side.
+The engine integrates fractional coordinates s (N, 3) of a cell (3, 3), rows are lattice
+vectors (``space.periodic_general``; momenta and forces stay Cartesian). Molecules and slabs
+without a vector along an open axis get an invertible cell from
+:func:`~apax_core.md.image_neighbours.embedding_cell`, so every system lives in one kind of
+space. A :class:`PairList` knows its cell and periodicity and offers what the engine needs:
+``allocate`` and ``needed`` (host), ``update``, ``rebuilt`` and ``structure`` (jittable),
+``error`` and ``overflowed`` (host), ``save`` and ``restore`` (checkpoint).
 
-jax-md uses the minimum image convention, so every periodic height must exceed twice the list
-cutoff; smaller cells are rejected (replicate them first, e.g. ``atoms.repeat``). The ASE
-calculator has no such limit.
+- :class:`ImageList` (``"images"``, :mod:`apax_core.md.image_neighbours`): any cell down to one
+  atom, any periodicity (slabs, wires, molecules); slots carry integer image shifts, positions
+  stay unwrapped.
+- :class:`MinimumImageList` (``"minimum_image"``): jax-md's Dense list (a cell list where the
+  box holds four cells per side), exact where every height is at least 2 (r_max + skin);
+  positions are wrapped into the cell, which must be in jax-md's triangular form
+  (:func:`standard_frame`). It rebuilds faster than the brute-force image list for large
+  cells.
+
+:func:`list_kind` chooses by :func:`~apax_core.md.image_neighbours.recommend`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import ase
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jax_md import dataclasses, partition, space
 
-from apax_core.errors import InputError
+from apax_core.data.batch import Batch
+from apax_core.md import image_neighbours as im
+from apax_core.md.image_neighbours import heights
+from apax_core.md.model_adapter import structure as minimum_image_structure
 
 logger = logging.getLogger(__name__)
 
-
-def heights(cell: np.ndarray) -> np.ndarray:
-    """(3,) perpendicular distances between opposite faces of ``cell`` (3, 3), rows are lattice
-    vectors."""
-    volume = abs(np.linalg.det(cell))
-    areas = [np.linalg.norm(np.cross(cell[(i + 1) % 3], cell[(i + 2) % 3])) for i in range(3)]
-    return np.array([volume / a if a > 0 else 0.0 for a in areas])
+IMAGES, MINIMUM_IMAGE = "images", "minimum_image"
 
 
-def check_cell(atoms: ase.Atoms, cutoff: float) -> bool:
-    """Validate the periodicity of ``atoms`` for the engine; return whether it is periodic.
-
-    Raises InputError for mixed periodicity, left-handed cells and cells whose height along
-    some axis is below ``2 * cutoff`` (the minimum image would miss neighbours).
-    """
-    pbc = np.asarray(atoms.pbc, bool)
-    if not pbc.any():
-        return False
-    if not pbc.all():
-        raise InputError(
-            f"the MD engine supports fully periodic or non-periodic systems, got pbc={pbc.tolist()}"
-        )
-    cell = atoms.cell.array
-    if np.linalg.det(cell) <= 0:
-        raise InputError("the cell must be right-handed with positive volume (swap two vectors)")
-    h = heights(cell)
-    if h.min() < 2 * cutoff:
-        reps = [max(1, math.ceil(2 * cutoff / x)) for x in h]
-        raise InputError(
-            f"cell too small for the MD engine: perpendicular heights {np.round(h, 3).tolist()} A "
-            f"must all be >= 2 * (r_max + skin) = {2 * cutoff:.3f} A; replicate the structure "
-            f"(e.g. atoms.repeat({tuple(reps)})) or use the ASE calculator"
-        )
-    return True
+def list_kind(atoms: ase.Atoms, cutoff: float) -> str:
+    """The list kind for ``atoms`` with list cutoff ``cutoff`` (r_max + skin, A)."""
+    return im.recommend(atoms.cell.array, atoms.pbc, len(atoms), cutoff)
 
 
 def standard_frame(atoms: ase.Atoms) -> ase.Atoms:
@@ -80,32 +66,191 @@ def standard_frame(atoms: ase.Atoms) -> ase.Atoms:
     return atoms
 
 
-def make_space(box: jnp.ndarray | None):
-    """(displacement, shift) in fractional coordinates of ``box`` (3, 3), columns are lattice
-    vectors, or free space for ``box is None``."""
-    if box is None:
-        return space.free()
+def pair_list(
+    kind: str,
+    atoms: ase.Atoms,
+    r_max: float,
+    skin: float,
+    capacity_multiplier: float,
+    cell_margin: float = 0.0,
+) -> PairList:
+    """The list of ``kind`` for ``atoms`` (its cell, periodicity and size), pairs within
+    ``r_max + skin`` (A), ``capacity_multiplier`` slots per neighbour at allocation. An image
+    list keeps its pairs while the cell's heights shrink by up to ``cell_margin`` (a fraction;
+    constant pressure)."""
+    cell = im.embedding_cell(atoms.cell.array, atoms.pbc)
+    pbc = tuple(bool(p) for p in atoms.pbc)
+    if kind == MINIMUM_IMAGE:
+        return MinimumImageList(cell, pbc, r_max, skin, capacity_multiplier)
+    # The model sees a volume (stress) only where the structure has a cell of its own.
+    volume = any(pbc) and np.array_equal(cell, atoms.cell.array)
+    return ImageList(cell, pbc, r_max, skin, capacity_multiplier, volume, cell_margin)
+
+
+@dataclass(frozen=True, eq=False)
+class PairList:
+    """What the engine asks of a neighbour list. Each kind implements, on the host,
+    ``allocate(R, extra) -> list``, ``needed(list, R) -> int`` (slots that would have held
+    what an overflowed list met), ``error(list) -> str | None``, ``overflowed(list) -> bool``,
+    ``save(list) -> dict`` of arrays and ``restore(arrays, extra) -> list`` (bitwise), and,
+    jittable, ``update(list, R, cell) -> list``, ``rebuilt(old, new) -> () bool`` and
+    ``structure(R, list, Z, cell) -> Batch``. ``R`` is (N, 3) fractional, ``Z`` (N,) atomic
+    numbers, ``cell`` (3, 3) rows in A (the current cell: constant in NVT)."""
+
+    kind: ClassVar[str]
+    wrapped: ClassVar[bool]
+    """Positions are wrapped into the cell along its periodic axes at every step."""
+    cell: np.ndarray
+    """(3, 3) the cell of the fractional coordinates at the start, rows in A."""
+    pbc: tuple[bool, bool, bool]
+    r_max: float
+    skin: float
+    capacity_multiplier: float
+
+    def fractional(self, positions: np.ndarray) -> np.ndarray:
+        """(N, 3) fractional coordinates of Cartesian ``positions`` (N, 3), wrapped if the list
+        needs it."""
+        s = np.asarray(positions, float) @ np.linalg.inv(self.cell)
+        return np.where(self.pbc, s % 1.0 % 1.0, s) if self.wrapped else s  # -1e-17 -> 0
+
+    def space(self):
+        """jax-md (displacement, shift) in fractional coordinates of the cell."""
+        return space.periodic_general(
+            jnp.asarray(self.cell.T), fractional_coordinates=True, wrapped=self.wrapped
+        )
+
+    def wrap(self, R: jax.Array) -> jax.Array:
+        """(N, 3) ``R`` wrapped into [0, 1) along the periodic axes (the frames' positions);
+        an identity on wrapped positions."""
+        return R - jnp.floor(R) * jnp.asarray(self.pbc, R.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageList(PairList):
+    """:mod:`apax_core.md.image_neighbours` behind the engine's interface."""
+
+    kind: ClassVar[str] = IMAGES
+    wrapped: ClassVar[bool] = False
+    volume: bool = True
+    """The structure has a cell volume (periodic, its own invertible cell): stress is
+    (1/V) dE/d(strain); else the model's Batch has a zero cell (zero stress), as in the
+    calculator."""
+    cell_margin: float = 0.0
+    """Fraction by which the cell's heights may shrink before pairs could be missed (NPT)."""
+    fns: im.ImageListFns = field(init=False, repr=False)
+
+    def __post_init__(self):
+        fns = im.image_neighbour_list(
+            self.cell, self.pbc, self.r_max, self.skin, self.capacity_multiplier, self.cell_margin
+        )
+        object.__setattr__(self, "fns", fns)
+
+    def allocate(self, R, extra: int) -> im.ImageNeighbours:
+        """A fresh list at ``R`` with ``extra`` spare slots per atom (host)."""
+        return self.fns.allocate(jnp.asarray(R), jnp.asarray(self.cell), extra)
+
+    def needed(self, nbrs: im.ImageNeighbours, R) -> int:
+        """Slots per atom that would have held every neighbour ``nbrs`` met (host)."""
+        return int(int(nbrs.max_count) * self.capacity_multiplier)
+
+    def update(self, nbrs: im.ImageNeighbours, R, cell) -> im.ImageNeighbours:
+        return self.fns.update(nbrs, R, cell)
+
+    def rebuilt(self, old: im.ImageNeighbours, new: im.ImageNeighbours) -> jax.Array:
+        return jnp.any(old.reference != new.reference)
+
+    def structure(self, R, nbrs: im.ImageNeighbours, Z, cell) -> Batch:
+        return im.structure_with_images(R, nbrs, Z, cell, self.volume)
+
+    def error(self, nbrs: im.ImageNeighbours) -> str | None:
+        return im.error_text(nbrs)
+
+    def overflowed(self, nbrs: im.ImageNeighbours) -> bool:
+        return bool(int(nbrs.error) & im.OVERFLOW)
+
+    def save(self, nbrs: im.ImageNeighbours) -> dict[str, np.ndarray]:
+        return {k: np.asarray(v) for k, v in nbrs._asdict().items()}
+
+    def restore(self, arrays: dict[str, np.ndarray], extra: int) -> im.ImageNeighbours:
+        """The saved list, bitwise (its capacity is the saved one)."""
+        return im.ImageNeighbours(**{k: jnp.asarray(arrays[k]) for k in im.ImageNeighbours._fields})
+
+
+@dataclass(frozen=True, eq=False)
+class MinimumImageList(PairList):
+    """jax-md's Dense minimum-image list behind the engine's interface."""
+
+    kind: ClassVar[str] = MINIMUM_IMAGE
+    wrapped: ClassVar[bool] = True
+    fns: partition.NeighborListFns = field(init=False, repr=False)
+
+    def __post_init__(self):
+        box = jnp.asarray(self.cell.T)
+        fns = neighbour_fns(
+            make_space(box)[0], box, self.r_max, self.skin, self.capacity_multiplier
+        )
+        object.__setattr__(self, "fns", fns)
+
+    def allocate(self, R, extra: int) -> partition.NeighborList:
+        """A fresh list at ``R`` with ``extra`` spare slots per atom (host)."""
+        return allocate(self.fns, jnp.asarray(R), extra)
+
+    def needed(self, nbrs: partition.NeighborList, R) -> int:
+        """Slots per atom a list allocated at ``R`` (where the chunk ended) gets (host)."""
+        if not bool(jnp.all(jnp.isfinite(R))):
+            return 0
+        return int(self.allocate(R, 0).idx.shape[-1])
+
+    def update(self, nbrs: partition.NeighborList, R, cell) -> partition.NeighborList:
+        return nbrs.update(R, box=cell.T)
+
+    def rebuilt(self, old: partition.NeighborList, new: partition.NeighborList) -> jax.Array:
+        return jnp.any(old.reference_position != new.reference_position)
+
+    def structure(self, R, nbrs: partition.NeighborList, Z, cell) -> Batch:
+        return minimum_image_structure(R, nbrs.idx, Z, cell.T)
+
+    def error(self, nbrs: partition.NeighborList) -> str | None:
+        return error_text(nbrs)
+
+    def overflowed(self, nbrs: partition.NeighborList) -> bool:
+        return bool(nbrs.did_buffer_overflow)
+
+    def save(self, nbrs: partition.NeighborList) -> dict[str, np.ndarray]:
+        return {"idx": np.asarray(nbrs.idx), "reference": np.asarray(nbrs.reference_position)}
+
+    def restore(self, arrays: dict[str, np.ndarray], extra: int) -> partition.NeighborList:
+        """The saved list, bitwise: slots ``idx`` (N, K) and reference positions (N, 3)."""
+        reference = jnp.asarray(arrays["reference"])
+        nbrs = allocate(self.fns, reference, extra)
+        idx = jnp.asarray(arrays["idx"], jnp.int32)
+        return dataclasses.replace(
+            nbrs, idx=idx, reference_position=reference, max_occupancy=int(idx.shape[1])
+        )
+
+
+def make_space(box: jnp.ndarray):
+    """(displacement, shift) in wrapped fractional coordinates of ``box`` (3, 3), columns are
+    lattice vectors."""
     return space.periodic_general(box, fractional_coordinates=True, wrapped=True)
 
 
 def neighbour_fns(
     displacement, box, r_max: float, skin: float, capacity_multiplier: float
 ) -> partition.NeighborListFns:
-    """jax-md neighbour-list functions (Dense format, ``idx`` (N, K)) for cutoff ``r_max`` and
-    ``skin``; ``box`` (3, 3) lattice vectors as columns, or None for free space."""
-    periodic = box is not None
+    """jax-md minimum-image neighbour-list functions (Dense format, ``idx`` (N, K)) for cutoff
+    ``r_max`` and ``skin``; ``box`` (3, 3) lattice vectors as columns. A cell list is used
+    where the box holds at least four cells per side (jax-md's condition)."""
     cutoff = r_max + skin
-    # jax-md builds a cell list only with at least four cells per side; its free-space cell
-    # list needs a box, so molecules use all-pairs candidates (fine at molecular sizes).
-    use_cells = periodic and float(np.min(heights(np.asarray(box).T))) >= 4 * cutoff
+    use_cells = float(np.min(heights(np.asarray(box).T))) >= 4 * cutoff
     return partition.neighbor_list(
         displacement,
-        box if periodic else jnp.ones(3),
+        box,
         r_max,
         dr_threshold=skin,
         capacity_multiplier=capacity_multiplier,
         disable_cell_list=not use_cells,
-        fractional_coordinates=periodic,
+        fractional_coordinates=True,
         format=partition.Dense,
     )
 
@@ -120,7 +265,7 @@ def quiet():
 
 
 def allocate(fns: partition.NeighborListFns, R, extra_capacity: int) -> partition.NeighborList:
-    """A fresh list at positions ``R`` (N, 3) (fractional if periodic) with ``extra_capacity``
+    """A fresh jax-md list at positions ``R`` (N, 3) (fractional) with ``extra_capacity``
     spare slots per atom.
 
     jax-md stores the cell size as a jax array in a static (metadata) field; comparing two such
@@ -133,21 +278,8 @@ def allocate(fns: partition.NeighborListFns, R, extra_capacity: int) -> partitio
     return nbrs
 
 
-def restore(fns, idx, reference_position, extra_capacity: int) -> partition.NeighborList:
-    """A list exactly as saved (bitwise restart): slots ``idx`` (N, K), ``reference_position``
-    (N, 3) and capacity."""
-    nbrs = allocate(fns, jnp.asarray(reference_position), extra_capacity)
-    idx = jnp.asarray(idx, jnp.int32)
-    return dataclasses.replace(
-        nbrs,
-        idx=idx,
-        reference_position=jnp.asarray(reference_position),
-        max_occupancy=int(idx.shape[1]),
-    )
-
-
 def error_text(nbrs: partition.NeighborList) -> str | None:
-    """None if the list is sound; else jax-md's description of what went wrong.
+    """None if the jax-md list is sound; else jax-md's description of what went wrong.
 
     jax-md 0.2.29 sets MALFORMED_BOX when the box *is* upper triangular (an inverted test), so
     that bit is ignored; :func:`standard_frame` guarantees the triangular box instead.

@@ -25,7 +25,7 @@ import numpy as np
 from flax import serialization
 from tqdm.auto import tqdm
 
-from apax_core.config.md import MDConfig
+from apax_core.config.md import NPT, MDConfig
 from apax_core.data import species_index
 from apax_core.data.io import truncate_h5md
 from apax_core.errors import InputError
@@ -34,13 +34,14 @@ from apax_core.md import checks as stop
 from apax_core.md.build import Carry, Engine, engine_for, transforms_of
 from apax_core.md.checkpoint import RunState
 from apax_core.md.io import TRAJECTORY, append_frames, frames_to_atoms, status_dict, write_status
-from apax_core.md.neighbours import check_cell, error_text, quiet, restore, standard_frame
+from apax_core.md.neighbours import IMAGES, MINIMUM_IMAGE, list_kind, quiet, standard_frame
+from apax_core.md.walkers import check_start
 from apax_core.model_dir import Model, Variables
 from apax_core.precision import x64
 
 logger = logging.getLogger(__name__)
 
-FINGERPRINT_EXCLUDE = {"duration"}
+FINGERPRINT_EXCLUDE = {"duration", "allow_close_contacts"}
 """Settings a restarted run may change; every other one must match the checkpoint."""
 
 
@@ -54,26 +55,22 @@ class MDResult:
     """compile_s (first chunk minus a steady chunk) and us_per_atom_step (steady chunks)."""
 
 
-def validate(model: Model, atoms: ase.Atoms, config: MDConfig) -> bool:
-    """Every input check that can fail, before any compilation; returns periodicity."""
-    if len(atoms) == 0:
-        raise InputError("the initial structure has no atoms")
-    species_index(np.asarray(atoms.numbers), model.stats.elements, source="initial structure")
-    periodic = check_cell(atoms, model.config.r_max + config.skin)
+def validate(
+    model: Model, atoms: ase.Atoms, config: MDConfig, name: str = "the initial structure"
+) -> None:
+    """Every input check that can fail, before any compilation; errors name ``name``. Any
+    cell (down to one atom) and any periodicity (slabs, wires, molecules) runs."""
+    check_start(atoms, config, name)
+    species_index(np.asarray(atoms.numbers), model.stats.elements, source=name)
     stop.validate(config.checks, model.config.n_members, config.force_uncertainty)
     for t in transforms_of(config):
         t.check(model)
-    if atoms.constraints:
-        raise InputError("the MD engine does not apply ASE constraints; remove them first")
-    if config.load_momenta and not atoms.has("momenta"):
-        raise InputError("load_momenta is set but the initial structure has no momenta")
-    return periodic
 
 
 def run_identity(config: MDConfig, atoms: ase.Atoms, model: Model) -> dict:
     """What a checkpoint must match to be continued: settings (but the duration), system,
-    starting point and the model (its parameters and calibration), so a retrained or
-    recalibrated model starts afresh."""
+    starting point, neighbour list kind and the model (its parameters and calibration), so a
+    retrained or recalibrated model starts afresh."""
     start = np.concatenate([atoms.positions.ravel(), atoms.get_momenta().ravel()])
     digest = hashlib.sha256(np.round(start, 8).tobytes()).hexdigest()[:16]
     weights = hashlib.sha256(serialization.to_bytes(model.params))
@@ -83,8 +80,18 @@ def run_identity(config: MDConfig, atoms: ase.Atoms, model: Model) -> dict:
         "numbers": atoms.numbers.tolist(),
         "cell": np.round(atoms.cell.array, 10).tolist(),
         "start": digest,
+        "neighbours": neighbour_kind(atoms, config, model.config.r_max),
         "model": weights.hexdigest()[:16],
     }
+
+
+def neighbour_kind(atoms: ase.Atoms, config: MDConfig, r_max: float) -> str:
+    """The neighbour list of a run: the image list under constant pressure (its update follows
+    the changing cell, which may leave the minimum image's limits), else the one
+    :func:`~apax_core.md.neighbours.list_kind` recommends for the system."""
+    if isinstance(config.dynamics, NPT):
+        return IMAGES
+    return list_kind(atoms, r_max + config.skin)
 
 
 def _matching_checkpoint(directory: Path, run_id: dict) -> ckpt.Checkpoint | None:
@@ -106,8 +113,8 @@ def _matching_checkpoint(directory: Path, run_id: dict) -> ckpt.Checkpoint | Non
 
 def _start(engine: Engine, atoms: ase.Atoms, config: MDConfig, variables: Variables):
     """Fresh integrator state and neighbour list (idx (N, K)) at the positions of ``atoms``."""
-    R = jnp.asarray(atoms.get_scaled_positions() if atoms.pbc.any() else atoms.positions)
-    nbrs = engine.allocate(R, config.extra_capacity)
+    R = jnp.asarray(engine.pairs.fractional(atoms.positions))
+    nbrs = engine.pairs.allocate(R, config.extra_capacity)
     momenta = jnp.asarray(atoms.get_momenta()) if config.load_momenta else None
     with quiet():
         state = engine.init(variables, jax.random.PRNGKey(config.seed), R, momenta, nbrs)
@@ -116,8 +123,8 @@ def _start(engine: Engine, atoms: ase.Atoms, config: MDConfig, variables: Variab
 
 def _resume(engine: Engine, config: MDConfig, variables: Variables, saved: ckpt.Checkpoint):
     """State and neighbour list of a checkpoint, in the tree structure of a fresh start."""
-    nbrs = restore(engine.nbr_fns, saved.nbr_idx, saved.nbr_reference, saved.run.extra_capacity)
-    R = nbrs.reference_position
+    nbrs = engine.pairs.restore(saved.nbrs, saved.run.extra_capacity)
+    R = jnp.zeros((len(engine.numbers), 3), jnp.float64)  # shapes only
     momenta = jnp.zeros_like(R) if config.load_momenta else None
     with quiet():
         template = jax.eval_shape(
@@ -167,17 +174,21 @@ def run_md(
     With ``restart`` and a checkpoint in ``directory``, the run continues from it with the same
     settings and model (only ``duration`` may grow); the trajectory is truncated to the
     checkpoint's frame count first, so it ends up with no missing and no duplicated frames.
-    Periodic cells are rotated to jax-md's triangular form if needed (frames are written in
-    that frame).
+    The neighbour list is chosen per system (:func:`neighbour_kind`); cells on the
+    minimum-image list or under constant pressure are rotated to jax-md's triangular form if
+    needed (frames are written in that frame; a full cell stays triangular). Frames'
+    positions are wrapped into the cell along its periodic axes.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    periodic = validate(model, atoms, config)
-    atoms = standard_frame(atoms) if periodic else atoms.copy()
+    validate(model, atoms, config)
+    kind = neighbour_kind(atoms, config, model.config.r_max)
+    upright = kind == MINIMUM_IMAGE or isinstance(config.dynamics, NPT)
+    atoms = standard_frame(atoms) if upright else atoms.copy()
     traj = directory / traj_name
     run_id = json.loads(json.dumps(run_identity(config, atoms, model)))
     with x64():
-        engine = engine_for(model, atoms, config, periodic)
+        engine = engine_for(model, atoms, config, kind)
         variables = jax.device_put(model.variables)
         state, nbrs, run = _begin(engine, atoms, config, variables, traj, run_id, restart)
         run, chunks = _loop(engine, config, variables, state, nbrs, run, traj, progress_bar)
@@ -211,7 +222,7 @@ def _loop(
             with quiet():
                 out = engine.chunk(variables, state, nbrs, jnp.asarray(start), jnp.asarray(end))
             jax.block_until_ready(out)
-            error = error_text(out.nbrs)
+            error = engine.pairs.error(out.nbrs)
             if error is not None:
                 nbrs, run = _grow(engine, state, out, run, error)
                 continue
@@ -242,7 +253,7 @@ def _keep_chunk(
         stopped=stopped,
         reason=engine.reasons[int(out.reason)] if stopped else None,
     )
-    ckpt.save(traj.parent, out.state, out.nbrs, run)
+    ckpt.save(traj.parent, out.state, engine.pairs.save(out.nbrs), run)
     write_status(traj.parent, status_dict(run, dt))
     return run
 
@@ -251,18 +262,19 @@ def _grow(engine: Engine, state, out: Carry, run: RunState, error: str):
     """A larger neighbour list at the chunk's start positions (the chunk is then redone), and
     the run state with its larger spare capacity.
 
-    The new capacity covers what the overflowed chunk reached (a list allocated where it
-    ended) and at least 1.25 x the old one, so repeated overflows (each recompiles) are rare.
+    The new capacity covers what the overflowed chunk reached (``PairList.needed``) and at
+    least 1.25 x the old one, so repeated overflows (each recompiles) are rare.
     """
-    if not bool(out.nbrs.did_buffer_overflow):
+    pairs = engine.pairs
+    if not pairs.overflowed(out.nbrs):
         raise RuntimeError(f"neighbour list error: {error}")
     old = int(out.nbrs.idx.shape[-1])
-    target = math.ceil(1.25 * old)
-    if bool(jnp.all(jnp.isfinite(out.state.position))):
-        target = max(target, int(engine.allocate(out.state.position, 0).idx.shape[-1]))
-    base = int(engine.allocate(state.position, 0).idx.shape[-1])
-    run = run._replace(extra_capacity=max(run.extra_capacity, target - base))
-    new = engine.allocate(state.position, run.extra_capacity)
+    target = max(math.ceil(1.25 * old), pairs.needed(out.nbrs, out.state.position))
+    new = pairs.allocate(state.position, run.extra_capacity)
+    if int(new.idx.shape[-1]) < target:
+        extra = run.extra_capacity + target - int(new.idx.shape[-1])
+        run = run._replace(extra_capacity=extra)
+        new = pairs.allocate(state.position, extra)
     logger.warning(
         "neighbour list overflow (capacity %d); reallocated with %d slots, redoing the chunk",
         old,

@@ -5,6 +5,9 @@ Walker ``k`` starts from ``structures[indices[k % len(indices)]]`` with seed ``c
 in ``directory/walker{k:03d}`` (:data:`~apax_core.md.io.WALKER`). A walker that finished is
 stored and never rerun; one that was interrupted continues from its own checkpoint (``run_md``'s
 restart), so a rerun after a crash computes only what is missing, whichever executor ran it.
+
+:func:`check_start` holds the checks of a start structure that need no model (no jax-md
+either), so a graph, a node and the command line run them before any engine exists.
 """
 
 from __future__ import annotations
@@ -18,15 +21,66 @@ from pathlib import Path
 from typing import Literal
 
 import ase
+import numpy as np
 
-from apax_core.config import Executor, Serial
+from apax_core.config import Executor, Screening, Serial
 from apax_core.config.md import MDConfig
+from apax_core.data.screening import closest_pair
+from apax_core.data.structure import from_atoms
 from apax_core.errors import InputError
+from apax_core.md.barostats import validate as validate_dynamics
 from apax_core.md.io import WALKER
 from apax_core.model_dir import load_model
 from apax_core.tasks import Lost, TaskStore, run_tasks
 
 Indices = int | list[int] | Literal["all"]
+
+MIN_DISTANCE = Screening().min_distance
+"""Closest approach in A of two atoms of a start structure: the training-data screening limit
+(``data.screening.min_distance``); ``MDConfig.allow_close_contacts`` lifts it."""
+
+
+def check_start(atoms: ase.Atoms, config: MDConfig, name: str) -> None:
+    """InputError naming ``name`` unless ``atoms`` can start ``config``'s run: it has atoms, no
+    constraints, momenta if they are loaded, a lattice vector for each periodic axis, full
+    periodicity under constant pressure and (unless allowed) no two atoms closer than
+    :data:`MIN_DISTANCE`. Any cell size and periodicity runs at constant volume."""
+    if len(atoms) == 0:
+        raise InputError(f"{name} has no atoms")
+    if atoms.constraints:
+        raise InputError(f"{name}: the MD engine does not apply ASE constraints; remove them")
+    if config.load_momenta and not atoms.has("momenta"):
+        raise InputError(f"{name}: load_momenta is set but the structure has no momenta")
+    pbc = np.asarray(atoms.pbc, bool)
+    periodic = atoms.cell.array[pbc]
+    if np.linalg.matrix_rank(periodic, tol=1e-6) < len(periodic):
+        raise InputError(
+            f"{name}: the lattice vectors of the periodic axes {np.flatnonzero(pbc).tolist()} "
+            f"are zero or linearly dependent ({np.round(periodic, 4).tolist()} A)"
+        )
+    try:
+        validate_dynamics(config.dynamics, pbc, config.dt)
+    except InputError as err:
+        raise InputError(f"{name}: {err}") from None
+    if not config.allow_close_contacts:
+        check_contacts(atoms, name)
+
+
+def check_contacts(atoms: ase.Atoms, name: str) -> None:
+    """InputError naming ``name`` and the closest pair (indices, elements, distance) if two
+    atoms of ``atoms``, or an atom and its image, are closer than :data:`MIN_DISTANCE`."""
+    pair = closest_pair(from_atoms(atoms), MIN_DISTANCE)
+    if pair is None:
+        return
+    i, j, r = pair
+    symbols = atoms.get_chemical_symbols()
+    who = f"atoms {i} ({symbols[i]}) and {j} ({symbols[j]})"
+    if i == j:
+        who = f"atom {i} ({symbols[i]}) and its periodic image"
+    raise InputError(
+        f"{name}: {who} are {r:.3f} A apart, closer than {MIN_DISTANCE:g} A (the training-data "
+        "screening limit); fix the structure or set allow_close_contacts: true"
+    )
 
 
 @dataclass(frozen=True)
@@ -114,7 +168,7 @@ def run_walkers(
     jobs, keys = [], []
     for w in walkers:
         atoms, spec = structures[w.start], config.model_copy(update={"seed": w.seed})
-        validate(model, atoms, spec)
+        validate(model, atoms, spec, name=f"start structure {w.start}")
         identity = json.dumps(run_identity(spec, atoms, model), sort_keys=True)
         keys.append(f"{w.name}-{hashlib.sha256(identity.encode()).hexdigest()[:24]}")
         show = isinstance(executor, Serial) and len(walkers) == 1
