@@ -399,5 +399,5 @@ def test_npt_refuses_slabs_and_molecules_before_any_work(cuag_model, tmp_path, m
     slab.pbc = [True, True, False]
     molecule = ase.Atoms("Cu2", positions=[[0.0, 0.0, 0.0], [2.5, 0.0, 0.0]])
     for atoms in (slab, molecule):
-        with pytest.raises(InputError, match="npt_scr needs a system periodic along all three"):
+        with pytest.raises(InputError, match="npt_scr needs a cell periodic along all three"):
             run_md(cuag_model, atoms, npt(SCR_FULL), tmp_path, progress_bar=False)

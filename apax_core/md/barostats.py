@@ -87,10 +87,9 @@ def validate(dynamics: Dynamics, pbc, dt_fs: float) -> None:
     (fs). Nothing for constant-volume dynamics."""
     if not isinstance(dynamics, NPT):
         return
-    if not all(bool(p) for p in pbc):
-        raise InputError(
-            f"{dynamics.kind} needs a system periodic along all three axes, got pbc={list(pbc)}"
-        )
+    pbc = [bool(p) for p in pbc]
+    if not all(pbc):
+        raise InputError(f"{dynamics.kind} needs a cell periodic along all three axes, got {pbc=}")
     if dynamics.tau_p < MIN_TAU_P_STEPS * dt_fs:
         logger.warning(
             "tau_p = %g fs is below %d time steps (dt = %g fs): the cell may not follow stably",
