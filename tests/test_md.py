@@ -39,6 +39,7 @@ from apax_core.md import read_trajectory, run_md
 from apax_core.md import run as md_run
 from apax_core.md.checks import reason_code, reasons, validate
 from apax_core.md.integrators import integrator, kinetic_temperature
+from apax_core.md.io import trace
 from apax_core.md.model_adapter import dynamics_energy
 from apax_core.md.neighbours import list_kind, pair_list
 from apax_core.md.schedules import temperature_fn
@@ -116,6 +117,17 @@ def test_nve_conserves_energy(nve_run):
     assert abs(np.polyfit(np.arange(len(e)), e, 1)[0]) * len(e) < 5e-6  # drift
     kinetic = np.array([f.get_kinetic_energy() for f in frames]) / len(frames[0])
     assert np.ptp(kinetic) > 1e3 * np.ptp(e)  # energy flows between kinetic and potential
+
+
+def test_the_trace_reports_the_engines_temperature(nve_run):
+    """The trace (what the MD node plots) counts the dynamics' degrees of freedom, 3N - 3 under
+    NVE, as the frames do; ASE's get_temperature counts 3N."""
+    _, frames, _ = nve_run
+    temperatures = np.array([row["temperature"] for row in trace(frames)])
+    np.testing.assert_allclose(temperatures, [f.info["temperature"] for f in frames], rtol=1e-12)
+    n = len(frames[0])
+    ase_temperatures = np.array([f.get_temperature() for f in frames])
+    np.testing.assert_allclose(temperatures / ase_temperatures, 3 * n / (3 * n - 3), rtol=1e-6)
 
 
 def test_forces_after_many_steps_and_an_overflow_equal_fresh_neighbour_list(nve_run, cuag_model):

@@ -107,7 +107,10 @@ def trace(frames: list[ase.Atoms]) -> list[dict[str, float]]:
     rows = []
     for atoms in frames:
         res = atoms.calc.results if atoms.calc is not None else {}
-        row = {"time_fs": float(atoms.info["md_time_fs"]), "temperature": atoms.get_temperature()}
+        # The engine's kinetic temperature counts the degrees of freedom of its dynamics
+        # (3N - 3 where momentum is conserved); ASE's get_temperature always counts 3N.
+        temperature = atoms.info.get("temperature", atoms.get_temperature())
+        row = {"time_fs": float(atoms.info["md_time_fs"]), "temperature": float(temperature)}
         if atoms.pbc.all() and "stress" in res:
             row.update(volume_A3=atoms.get_volume(), pressure_bar=pressure_bar(atoms))
         if "energy_uncertainty" in res:
