@@ -346,7 +346,7 @@ def test_restart_after_a_crash_equals_the_uninterrupted_run(cuag_model, tmp_path
         assert np.array_equal(a, b)
 
     other = restart_config(60.0).model_copy(update={"seed": 7})
-    with pytest.raises(InputError, match="other settings"):
+    with pytest.raises(InputError, match=r"other settings \(config.seed\)"):
         run_md(cuag_model, atoms, other, tmp_path / "full")
     moved = atoms.copy()
     moved.positions[0] += 0.1

@@ -105,10 +105,24 @@ def _matching_checkpoint(directory: Path, run_id: dict) -> ckpt.Checkpoint | Non
     }:
         logger.warning("%s holds a checkpoint of another model; starting afresh", directory)
         return None
+    changed = ", ".join(_differing(saved.run.fingerprint, run_id))
     raise InputError(
-        f"{directory} holds a checkpoint of a run with other settings or another start "
-        "structure; use another directory or restart=False"
+        f"{directory} holds a checkpoint of a run with other settings ({changed}); use another "
+        "directory, or restart: false (restart=False) to start afresh there"
     )
+
+
+def _differing(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted paths of the settings in which two fingerprints differ (the model aside)."""
+    keys = sorted((set(saved) | set(current)) - {"model"})
+    out = []
+    for key in keys:
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differing(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append("start structure" if key == "start" else f"{prefix}{key}")
+    return out
 
 
 def _start(engine: Engine, atoms: ase.Atoms, config: MDConfig, variables: Variables):
