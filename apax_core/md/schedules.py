@@ -21,14 +21,23 @@ TemperatureFn = Callable[[jnp.ndarray], jnp.ndarray]
 PressureFn = Callable[[jnp.ndarray], jnp.ndarray]
 
 
+def _constant(value: float) -> Callable:
+    """time (fs) -> ``value``, () float64."""
+    return lambda t: jnp.full_like(jnp.asarray(t, jnp.float64), value)
+
+
+def _piecewise(times: list[float], values: list[float]) -> Callable:
+    """time (fs) -> linear interpolation of ``values`` at ``times``, constant outside them."""
+    t_points, v_points = jnp.asarray(times, jnp.float64), jnp.asarray(values, jnp.float64)
+    return lambda t: jnp.interp(jnp.asarray(t, jnp.float64), t_points, v_points)
+
+
 def temperature_fn(schedule: TemperatureSchedule) -> TemperatureFn:
     """time (fs) -> target temperature (K), both () float64."""
     if isinstance(schedule, ConstantTemperature):
-        return lambda t: jnp.full_like(jnp.asarray(t, jnp.float64), schedule.T)
+        return _constant(schedule.T)
     if isinstance(schedule, PiecewiseTemperature):
-        times = jnp.asarray(schedule.times, jnp.float64)
-        temps = jnp.asarray(schedule.temperatures, jnp.float64)
-        return lambda t: jnp.interp(jnp.asarray(t, jnp.float64), times, temps)
+        return _piecewise(schedule.times, schedule.temperatures)
     if isinstance(schedule, OscillatingTemperature):
         lo, hi, period = schedule.T_low, schedule.T_high, schedule.period
 
@@ -43,9 +52,7 @@ def temperature_fn(schedule: TemperatureSchedule) -> TemperatureFn:
 def pressure_fn(schedule: PressureSchedule) -> PressureFn:
     """time (fs) -> target pressure (bar), both () float64."""
     if isinstance(schedule, ConstantPressure):
-        return lambda t: jnp.full_like(jnp.asarray(t, jnp.float64), schedule.P)
+        return _constant(schedule.P)
     if isinstance(schedule, PiecewisePressure):
-        times = jnp.asarray(schedule.times, jnp.float64)
-        pressures = jnp.asarray(schedule.pressures, jnp.float64)
-        return lambda t: jnp.interp(jnp.asarray(t, jnp.float64), times, pressures)
+        return _piecewise(schedule.times, schedule.pressures)
     raise TypeError(f"unknown pressure schedule {schedule!r}")
