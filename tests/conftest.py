@@ -135,3 +135,24 @@ def tiny_config(directory, data_files, n_epochs=3, base_model=None, **overrides)
         progress_bar=False,
     )
     return TinyJob(TrainConfig.model_validate(raw), run)
+
+
+def crash_at_checkpoint(monkeypatch, run, n: int = 3) -> None:
+    """Call ``run()`` with the MD checkpoint's ``save`` raising KeyboardInterrupt on its ``n``-th
+    call: the chunk's frames are appended, its checkpoint is not (a crash at the worst moment)."""
+    import pytest
+
+    from apax_core.md import run as md_run
+
+    save, calls = md_run.ckpt.save, {"n": 0}
+
+    def crashing_save(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt("simulated crash")
+        save(*args, **kwargs)
+
+    monkeypatch.setattr(md_run.ckpt, "save", crashing_save)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(md_run.ckpt, "save", save)

@@ -16,7 +16,7 @@ import pytest
 from ase import units
 from ase.build import bulk
 from ase.constraints import FixAtoms
-from conftest import make_model, save_model_dir
+from conftest import crash_at_checkpoint, make_model, save_model_dir
 from jax_md import space
 from pydantic import ValidationError
 
@@ -36,7 +36,6 @@ from apax_core.data import DataError
 from apax_core.errors import InputError
 from apax_core.md import build as md_build
 from apax_core.md import read_trajectory, run_md
-from apax_core.md import run as md_run
 from apax_core.md.checks import reason_code, reasons, validate
 from apax_core.md.integrators import integrator, kinetic_temperature
 from apax_core.md.io import trace
@@ -319,19 +318,9 @@ def test_restart_after_a_crash_equals_the_uninterrupted_run(cuag_model, tmp_path
     assert list(reference[3]) == list(range(3, 61, 3))
 
     # Crash after the third chunk's frames were appended but before its checkpoint.
-    save = md_run.ckpt.save
-    calls = {"n": 0}
-
-    def crashing_save(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        save(*args, **kwargs)
-
-    monkeypatch.setattr(md_run.ckpt, "save", crashing_save)
-    with pytest.raises(KeyboardInterrupt):
-        run_md(cuag_model, atoms, restart_config(60.0), tmp_path / "crash")
-    monkeypatch.setattr(md_run.ckpt, "save", save)
+    crash_at_checkpoint(
+        monkeypatch, lambda: run_md(cuag_model, atoms, restart_config(60.0), tmp_path / "crash")
+    )
     assert len(read_trajectory(tmp_path / "crash" / "md.h5")) == 10  # 3 chunks written
     resumed = run_md(cuag_model, atoms, restart_config(60.0), tmp_path / "crash")
     assert resumed.status == full.status

@@ -12,7 +12,7 @@ import pytest
 import zntrack
 from ase import units
 from ase.build import bulk, fcc111, molecule
-from conftest import TINY, make_model
+from conftest import TINY, crash_at_checkpoint, make_model
 from test_image_neighbours import water_box
 from test_nodes import init_repo, inside, repro
 
@@ -215,18 +215,10 @@ def test_restart_on_the_image_list_equals_the_uninterrupted_run(
     full = run_md(water_model, atoms, config, tmp_path / "full", progress_bar=False)
     assert "neighbour list overflow" in caplog.text  # the capacity grew during the run
     reference = frame_arrays(read_trajectory(full.trajectory))
-    save, calls = md_run.ckpt.save, {"n": 0}
-
-    def crashing_save(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        save(*args, **kwargs)
-
-    monkeypatch.setattr(md_run.ckpt, "save", crashing_save)
-    with pytest.raises(KeyboardInterrupt):
-        run_md(water_model, atoms, config, tmp_path / "crash", progress_bar=False)
-    monkeypatch.setattr(md_run.ckpt, "save", save)
+    crash_at_checkpoint(
+        monkeypatch,
+        lambda: run_md(water_model, atoms, config, tmp_path / "crash", progress_bar=False),
+    )
     saved = md_run.ckpt.load(tmp_path / "crash")
     assert saved.run.step == 20 and saved.nbrs["shift"].ndim == 3  # image shifts are saved
     resumed = run_md(water_model, atoms, config, tmp_path / "crash", progress_bar=False)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from ase import units
 from ase.build import bulk
+from conftest import crash_at_checkpoint
 from jax_md import space
 from pydantic import ValidationError
 
@@ -353,18 +354,10 @@ def test_a_run_crashed_and_resumed_equals_the_uninterrupted_run(
     config = npt({**dynamics, "pressure": pressure})
     full = run_md(cuag_model, cu108(), config, tmp_path / "full", progress_bar=False)
     reference = _arrays(read_trajectory(full.trajectory))
-    save, calls = md_run.ckpt.save, {"n": 0}
-
-    def crashing_save(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise KeyboardInterrupt("simulated crash")
-        save(*args, **kwargs)
-
-    monkeypatch.setattr(md_run.ckpt, "save", crashing_save)
-    with pytest.raises(KeyboardInterrupt):
-        run_md(cuag_model, cu108(), config, tmp_path / "crash", progress_bar=False)
-    monkeypatch.setattr(md_run.ckpt, "save", save)
+    crash_at_checkpoint(
+        monkeypatch,
+        lambda: run_md(cuag_model, cu108(), config, tmp_path / "crash", progress_bar=False),
+    )
     assert md_run.ckpt.load(tmp_path / "crash").run.step == 20
     resumed = run_md(cuag_model, cu108(), config, tmp_path / "crash", progress_bar=False)
     assert resumed.status == full.status
