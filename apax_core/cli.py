@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Literal, get_args, get_origin
 
-import yaml
 from pydantic import ValidationError
 
 from apax_core.config import (
@@ -21,6 +20,7 @@ from apax_core.config import (
     format_errors,
     load_job,
 )
+from apax_core.config.template import commented_yaml
 from apax_core.errors import InputError, show_traceback
 
 MINIMAL_TRAIN = """\
@@ -58,12 +58,12 @@ structure: start.extxyz           # initial structure (or --structure)
 directory: md                     # trajectory, checkpoint, status (or --directory)
 dynamics:
   kind: nvt                       # nve | nvt (Nose-Hoover chain) | langevin | npt_scr | npt_mtk
-  thermostat: {chain_length: 3, chain_steps: 2, sy_steps: 3, tau: 100}  # tau in steps
+  thermostat: {chain_length: 3, chain_steps: 2, sy_steps: 3, tau: 100}  # tau in steps, not fs
 # NPT (periodic cells): stochastic cell rescaling, cell isotropic | orthorhombic | full:
 #  kind: npt_scr
 #  thermostat: {kind: langevin, friction: 0.01}                 # 1/fs
 #  cell: full
-#  tau_p: 1000                    # fs
+#  tau_p: 1000                    # fs, not steps
 #  compressibility: 4.5e-5        # 1/bar (water; metals ~7e-7)
 #  pressure: {kind: constant, P: 1.01325}                        # bar
 temperature:
@@ -75,11 +75,19 @@ dt: 0.5                           # fs
 duration: 100000                  # fs
 n_inner: 500                      # steps per compiled chunk
 sampling_rate: 10                 # keep a frame every 10 steps
-checks:                           # stop when the model is unsure. With an ensemble (the train
-  - {kind: max_temperature, max_T: 2000}  # template's ensemble lines) add, e.g.:
+checks:                           # stop when the model is unsure (status: stop_detail)
+  - {kind: max_temperature, max_T: 2000}  # K. With an ensemble (the train template's
+#                                           ensemble lines) add, e.g.:
+#  - {kind: energy_uncertainty, threshold: 0.05}  # eV/atom (per_atom: false -> eV)
 #  - {kind: forces_uncertainty, threshold: 1.0}   # eV/A
 #  - {kind: volume, max_factor: 2}  # NPT: stop when V/V0 leaves [1/2, 2]
 # udd: {height: 1.0, width: 1.2}  # uncertainty-driven dynamics (ensembles)
+"""
+
+FULL_HEADER = """\
+# apax-core {kind}: every option with its default, its unit and what it means (from the config's
+# field docstrings). Commented blocks are the other kinds of a choice: uncomment one in place of
+# the block above it. Units: eV, A, fs, K, bar.
 """
 
 BAD_INPUT = 2
@@ -150,8 +158,7 @@ def _cmd_template(args) -> int:
             directory="models/my_model", train_file="train.extxyz", val_file="val.extxyz"
         )
         spec = TrainConfig(n_epochs=40)
-    full = {**run.model_dump(mode="json"), **spec.model_dump(mode="json")}
-    print(yaml.safe_dump(full, sort_keys=False), end="")
+    print(FULL_HEADER.format(kind=args.kind) + commented_yaml(run, spec), end="")
     return 0
 
 

@@ -14,7 +14,7 @@ from zntrack.config import NodeStatusEnum
 
 from apax_core.config import Executor, MDConfig, validate
 from apax_core.files import atomic_write
-from apax_core.md.io import STATUS, TRAJECTORY, WALKER, trace
+from apax_core.md.io import STATUS, TRACE_COLUMNS, TRAJECTORY, WALKER, trace
 from apax_core.md.walkers import Indices, check_start, plan_walkers
 from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import read_h5
@@ -53,13 +53,31 @@ def frames_at_build(data) -> tuple[list[ase.Atoms], str] | None:
     return data.result, node.name
 
 
+def first_stop(walkers: list[tuple]) -> str | None:
+    """The ``stop_detail`` message of the walker that stopped earliest in simulated time, e.g.
+    ``energy_uncertainty 0.081 eV/atom > 0.05 eV/atom at 840 fs`` (``walker002: `` before it
+    with several walkers); None if none stopped on a check or a non-finite frame."""
+    stops = [
+        (s["stop_detail"]["time_fs"], w.name, s["stop_detail"]["message"])
+        for w, s in walkers
+        if s.get("stop_detail")
+    ]
+    if not stops:
+        return None
+    _, name, message = min(stops)
+    return message if len(walkers) == 1 else f"{name}: {message}"
+
+
 @one_line_errors
 class MD(zntrack.Node):
     """MD with ``model`` from ``data[indices]``: one walker per index (or ``n_walkers``,
     cycling through the indices), seeded ``seed + walker``, run on ``executor``. ``config`` is an
     apax_core MD spec (dynamics, temperature schedule, UDD, stop checks). ``frames`` are the
     walkers' frames in walker order, tagged ``atoms.info["walker"]``; ``status`` says how many
-    walkers stopped early and why. Any cell, slab, wire or molecule runs; start structures with
+    walkers stopped early and why (each walker's ``stop_detail`` in ``walkers``, with units);
+    ``temperature_trace`` is one row per frame, columns named with their units (``time_fs``,
+    ``temperature_K``, ``energy_uncertainty_eV_per_atom``...: :func:`apax_core.md.io.trace`).
+    Any cell, slab, wire or molecule runs; start structures with
     atoms closer than 0.5 A are refused (``allow_close_contacts`` in ``config`` lifts it), when
     the graph is built if they exist then (``zntrack.from_rev``), else before the first walker
     runs."""
@@ -74,7 +92,13 @@ class MD(zntrack.Node):
     """Where the walkers run: serial, processes or dask (see apax_core.config.executor)."""
     md_dir: Path = zntrack.outs_path(zntrack.nwd / "md")
     status: dict = zntrack.metrics()
-    temperature_trace: pd.DataFrame = zntrack.plots(x="time_fs", y="temperature")
+    """Walkers stopped early and why: n_walkers, n_stopped, reason (the commonest), reasons,
+    n_frames, time_fs (summed over walkers), step and, if any stopped, first_stop (the
+    earliest stop with its value and threshold in their units, :func:`first_stop`)."""
+    temperature_trace: pd.DataFrame = zntrack.plots(x="time_fs", y="temperature_K")
+    """Per frame: time_fs, temperature_K, walker and, where the run has them, volume_A3,
+    pressure_bar, energy_uncertainty_eV, energy_uncertainty_eV_per_atom and
+    max_forces_uncertainty_eV_per_A."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -120,14 +144,16 @@ class MD(zntrack.Node):
             )
         atomic_write(self.md_dir / WALKERS, json.dumps(records, indent=2))
         shutil.rmtree(work)
-        self.status = {k: v for k, v in summary([s for _, s in walkers]).items() if v is not None}
+        status = summary([s for _, s in walkers]) | {"first_stop": first_stop(walkers)}
+        self.status = {k: v for k, v in status.items() if v is not None}
         rows = [{**row, "walker": f.info["walker"]} for f in self.frames for row in trace([f])]
-        columns = None if rows else ["time_fs", "temperature", "walker"]
+        columns = None if rows else [*TRACE_COLUMNS, "walker"]
         self.temperature_trace = pd.DataFrame(rows, columns=columns)
 
     @property
     def walkers(self) -> list[dict]:
-        """Per walker: number, start index, seed and its status (stopped, reason, n_frames...)."""
+        """Per walker: number, start index, seed and its status (stopped, reason, n_frames...,
+        stop_detail with units once stopped)."""
         with self.state.fs.open((self.md_dir / WALKERS).as_posix()) as fh:
             return json.load(fh)
 

@@ -1,7 +1,10 @@
 """The command line given bad input: one line naming the file, structure or field, exit code 2,
-no traceback, before any expensive work."""
+no traceback, before any expensive work. The full MD template: valid, every field commented
+with its unit."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +13,7 @@ from ase.build import bulk
 from conftest import emt_frames, save_model_dir
 
 from apax_core.cli import main
+from apax_core.config import MDConfig
 from apax_core.data import DataError, write_frames
 
 
@@ -111,3 +115,86 @@ def test_apax_traceback_shows_the_traceback_of_bad_input(command, files, monkeyp
     }[command]
     with pytest.raises(DataError, match="none.extxyz: file not found"):
         main(args)
+
+
+# ------------------------------------------------------------------------------------ template
+
+
+def full_md_template(capsys) -> str:
+    assert main(["template", "md", "--full"]) == 0
+    return capsys.readouterr().out
+
+
+def commented_blocks(text: str) -> list[tuple[str, object]]:
+    """(field, YAML content) of every top-level commented block of a full template: the lines
+    under a ``# name:  (...)`` header that start with ``#  ``, uncommented."""
+    blocks, lines = [], text.splitlines()
+    for k, line in enumerate(lines):
+        if line.startswith("# ") and line.endswith(")") and ":  (" in line:
+            body = []
+            for below in lines[k + 1 :]:
+                if not below.startswith("#  "):
+                    break
+                body.append(below[2:])
+            blocks.append((line[2:].split(":")[0], yaml.safe_load("\n".join(body))))
+    return blocks
+
+
+def test_the_full_md_template_validates_and_says_every_unit(tmp_path, capsys):
+    """`apax-core template md --full` is YAML that `apax-core validate md` accepts; every field
+    line carries a comment (its docstring), and the units a user must not guess are in it."""
+    text = full_md_template(capsys)
+    write_frames(tmp_path / "start.extxyz", [bulk("Cu", "fcc", a=3.61, cubic=True)])
+    raw = yaml.safe_load(text)
+    raw["structure"] = str(tmp_path / "start.extxyz")
+    (tmp_path / "md.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["validate", "md", str(tmp_path / "md.yaml")]) == 0
+    assert capsys.readouterr().out.endswith("valid\n")
+    field_line = re.compile(r"^(# )?\s*(- )?\w+:( |$)")  # commented or not, list items too
+    fields = [ln for ln in text.splitlines() if field_line.match(ln) and not ln.endswith(")")]
+    assert len(fields) > 60
+    assert [ln for ln in fields if " # " not in ln] == [], "fields without a comment"
+    units = {
+        "dt:": "in fs",
+        "duration:": "in fs",
+        "skin:": "in A",
+        "tau:": "in time steps, not fs",
+        "tau_p:": "in fs, not time steps",
+        "friction:": "in 1/fs",
+        "compressibility:": "in 1/bar",
+        "P:": "in bar",
+        "T:": "in K",
+        "period:": "in fs",
+        "threshold: 0.05": "In eV/atom",
+        "per_atom:": "in eV/atom",
+        "threshold: 1.0": "In eV/A",
+        "max_T:": "In K",
+        "height:": "in eV",
+    }
+    notes = [ln.rpartition(" # ")[::2] for ln in text.splitlines()]
+    for field, unit in units.items():
+        found = [note for code, note in notes if code.lstrip("# ").startswith(field)]
+        assert found and all(unit in note for note in found), (field, found)
+
+
+def test_every_commented_kind_of_the_full_md_template_validates(capsys):
+    """Each commented block (another dynamics, schedule, the stop checks, UDD) validates when
+    uncommented: the NPT kinds and every stop check with its example threshold."""
+    blocks = commented_blocks(full_md_template(capsys))
+    kinds = {
+        (field, (content or {}).get("kind") if isinstance(content, dict) else "list")
+        for field, content in blocks
+    }
+    assert {("dynamics", k) for k in ("nve", "langevin", "npt_scr", "npt_mtk")} <= kinds
+    assert {("temperature", "piecewise"), ("checks", "list"), ("udd", None)} <= kinds
+    for field, content in blocks:
+        npt = {"dynamics": {"kind": "npt_scr"}} if field == "checks" else {}
+        config = MDConfig.model_validate({"duration": 10.0, **npt, field: content})
+        assert getattr(config, field) is not None
+    checks = dict(blocks)["checks"]
+    assert [c["kind"] for c in checks] == [
+        "energy_uncertainty",
+        "forces_uncertainty",
+        "max_temperature",
+        "volume",
+    ]

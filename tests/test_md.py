@@ -20,7 +20,7 @@ from conftest import crash_at_checkpoint, make_model, save_model_dir
 from jax_md import space
 from pydantic import ValidationError
 
-from apax_core.calculator import ApaxCalculator
+from apax_core.calculator import ApaxCalculator, with_results
 from apax_core.config.md import (
     ConstantTemperature,
     EnergyUncertaintyCheck,
@@ -31,14 +31,15 @@ from apax_core.config.md import (
     PiecewiseTemperature,
     TemperatureCheck,
     ThermostatChain,
+    VolumeCheck,
 )
 from apax_core.data import DataError
 from apax_core.errors import InputError
 from apax_core.md import build as md_build
 from apax_core.md import read_trajectory, run_md
-from apax_core.md.checks import reason_code, reasons, validate
+from apax_core.md.checks import reason_code, reasons, stop_detail, validate
 from apax_core.md.integrators import integrator, kinetic_temperature
-from apax_core.md.io import trace
+from apax_core.md.io import append_frames, pressure_bar, trace
 from apax_core.md.model_adapter import dynamics_energy
 from apax_core.md.neighbours import list_kind, pair_list
 from apax_core.md.schedules import temperature_fn
@@ -122,7 +123,7 @@ def test_the_trace_reports_the_engines_temperature(nve_run):
     """The trace (what the MD node plots) counts the dynamics' degrees of freedom, 3N - 3 under
     NVE, as the frames do; ASE's get_temperature counts 3N."""
     _, frames, _ = nve_run
-    temperatures = np.array([row["temperature"] for row in trace(frames)])
+    temperatures = np.array([row["temperature_K"] for row in trace(frames)])
     np.testing.assert_allclose(temperatures, [f.info["temperature"] for f in frames], rtol=1e-12)
     n = len(frames[0])
     ase_temperatures = np.array([f.get_temperature() for f in frames])
@@ -474,6 +475,7 @@ def test_uncertainty_stop_fires_at_the_threshold(shallow, udd_calc, tmp_path):
     status = json.loads((tmp_path / "stop" / "md_status.json").read_text())
     assert status == stopped.status
     step = (k + 1) * 4
+    detail = status.pop("stop_detail")
     assert status == {
         "stopped": True,
         "reason": "energy_uncertainty",
@@ -484,6 +486,16 @@ def test_uncertainty_stop_fires_at_the_threshold(shallow, udd_calc, tmp_path):
     kept = read_trajectory(stopped.trajectory)
     kept_sigma = np.array([f.calc.results["energy_uncertainty"] for f in kept]) / len(atoms)
     assert len(kept) == k + 1 and kept_sigma[-1] > threshold and kept_sigma[:-1].max() <= threshold
+    assert detail["value"] == pytest.approx(kept_sigma[-1], rel=1e-12)
+    assert detail == {
+        "check": "energy_uncertainty",
+        "value": detail["value"],
+        "threshold": threshold,
+        "unit": "eV/atom",
+        "time_fs": 2.0 * step,
+        "message": f"energy_uncertainty {kept_sigma[-1]:.3g} eV/atom > {threshold:g} eV/atom "
+        f"at {2 * step} fs",
+    }
     assert np.array_equal(
         np.array([f.positions for f in kept]), np.array([f.positions for f in frames[: k + 1]])
     )
@@ -512,6 +524,87 @@ def test_reason_codes():
         assert int(reason_code(checks[1:2], frame, 10)) == 0
         frame["energy"] = np.nan
         assert int(reason_code(checks, frame, 10)) == 1  # non-finite always stops
+
+
+def test_the_stop_detail_says_value_and_threshold_in_the_checks_units():
+    """energy_uncertainty per atom (eV/atom) or per structure (eV), forces (eV/A), temperature
+    (K), volume (a factor), non-finite: the value, threshold, unit and time of the stop."""
+    frame = {
+        "step": 420,
+        "energy_uncertainty": 0.81,
+        "forces_uncertainty": np.full((10, 3), 0.3),
+        "temperature": 1200.0,
+        "cell": 2.0 * np.eye(3),
+    }
+    checks = [
+        EnergyUncertaintyCheck(threshold=0.05),
+        EnergyUncertaintyCheck(threshold=0.5, per_atom=False),
+        ForcesUncertaintyCheck(threshold=0.5),
+        TemperatureCheck(max_T=1000.0),
+        VolumeCheck(max_factor=1.5),
+    ]
+    with x64():
+        messages = [
+            stop_detail(checks, code, frame, 10, 1.0, 2.0)["message"] for code in range(1, 7)
+        ]
+    assert messages == [
+        "non-finite energy, forces or positions at 840 fs",
+        "energy_uncertainty 0.081 eV/atom > 0.05 eV/atom at 840 fs",
+        "energy_uncertainty 0.81 eV > 0.5 eV at 840 fs",
+        "forces_uncertainty 0.52 eV/A > 0.5 eV/A at 840 fs",
+        "max_temperature 1200 K > 1000 K at 840 fs",
+        "volume max(V/V0, V0/V) 8 > 1.5 at 840 fs",
+    ]
+    with x64():
+        detail = stop_detail(checks, 2, frame, 10, 1.0, 2.0)
+    assert detail | {"message": None} == {
+        "check": "energy_uncertainty",
+        "value": pytest.approx(0.081),
+        "threshold": 0.05,
+        "unit": "eV/atom",
+        "time_fs": 840.0,
+        "message": None,
+    }
+
+
+def test_trace_columns_and_h5md_observables_carry_their_units(tmp_path):
+    """The trace's column names end in their units; the observables the engine adds to the
+    H5MD file have H5MD unit attributes, and reading the file back is unchanged."""
+    import h5py
+
+    atoms = cu108()
+    atoms.info.update(md_step=10, md_time_fs=5.0, temperature=310.0)
+    results = {
+        "energy": -1.0,
+        "forces": np.zeros((108, 3)),
+        "stress": np.zeros(6),
+        "energy_uncertainty": 2.16,
+        "energy_ensemble": np.array([-2.0, 0.0]),
+        "forces_uncertainty": np.tile([[0.3, 0.4, 0.0]], (108, 1)),
+    }
+    frame = with_results(atoms, results)
+    frame.info.update(volume_A3=frame.get_volume(), pressure_bar=1.0)
+    row = trace([frame])[0]
+    assert row == {
+        "time_fs": 5.0,
+        "temperature_K": 310.0,
+        "volume_A3": pytest.approx(frame.get_volume()),
+        "pressure_bar": pytest.approx(pressure_bar(frame)),
+        "energy_uncertainty_eV": 2.16,
+        "energy_uncertainty_eV_per_atom": pytest.approx(0.02),
+        "max_forces_uncertainty_eV_per_A": pytest.approx(0.5),
+    }
+    append_frames(tmp_path / "md.h5", [frame, frame], 5.0)
+    with h5py.File(tmp_path / "md.h5") as fh:
+        (group,) = fh["observables"].values()
+        units_of = {k: group[k]["value"].attrs.get("unit") for k in group}
+        (particles,) = fh["particles"].values()
+        assert particles["forces_uncertainty/value"].attrs["unit"] == "eV/Angstrom"
+    assert units_of["temperature"] == "K" and units_of["pressure_bar"] == "bar"
+    assert units_of["volume_A3"] == "Angstrom^3" and units_of["md_time_fs"] == "fs"
+    assert units_of["energy_uncertainty"] == "eV"
+    back = read_trajectory(tmp_path / "md.h5")
+    assert len(back) == 2 and back[1].info["temperature"] == 310.0
 
 
 # ------------------------------------------------------------------------------------- cli

@@ -203,7 +203,7 @@ def test_constant_volume_frames_keep_their_content_and_gain_trace_columns():
     assert rows[0]["volume_A3"] == pytest.approx(np.linalg.det(cell))
     assert rows[1]["pressure_bar"] == pytest.approx(pressure_bar(frames[1]))
     molecule = frames_to_atoms(buf, 1, np.full(4, 29), np.zeros((3, 3)), np.zeros(3, bool), 0.5)
-    assert set(trace(molecule)[0]) == {"time_fs", "temperature"}
+    assert set(trace(molecule)[0]) == {"time_fs", "temperature_K"}
 
 
 # ---------------------------------------------------------------------------------- factory
@@ -381,6 +381,8 @@ def test_the_volume_check_stops_a_run_whose_box_explodes(cuag_model, tmp_path):
     ratios = np.array([f.info["volume_A3"] for f in frames]) / cu108().get_volume()
     assert ratios[-1] > 1.5 and np.all((ratios[:-1] <= 1.5) & (ratios[:-1] >= 1 / 1.5))
     assert result.status["step"] == frames[-1].info["md_step"]
+    detail = result.status["stop_detail"]  # the host's value is the engine's
+    assert detail["check"] == "volume" and detail["value"] == pytest.approx(ratios[-1], rel=1e-9)
 
 
 def test_npt_refuses_slabs_and_molecules_before_any_work(cuag_model, tmp_path, monkeypatch):

@@ -2,7 +2,10 @@
 UDD, output.
 
 Units: time in fs, temperature in K, energy in eV, length in Angstrom, pressure in bar,
-compressibility in 1/bar (the engine converts to eV/A^3 inside). In the spirit of the
+compressibility in 1/bar (the engine converts to eV/A^3 inside). Two relaxation times differ:
+a Nose-Hoover chain's ``tau`` counts time steps, a barostat's ``tau_p`` is in fs. Every field's
+docstring states its unit in its first sentence, which ``apax-core template md --full`` prints
+as the field's comment (:mod:`apax_core.config.template`). In the spirit of the
 paper's listing S2 (``dt``, ``duration``, ``n_inner``, ``sampling_rate``, skin, extra capacity,
 Nose-Hoover chain), with every pluggable choice a discriminated union keyed by ``kind``.
 """
@@ -11,7 +14,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
@@ -32,9 +35,9 @@ class PiecewiseTemperature(Strict):
     """Linear interpolation between (time, temperature) points; constant outside them."""
 
     kind: Literal["piecewise"] = "piecewise"
-    times: list[Annotated[float, Field(ge=0.0)]] = Field(min_length=1)
+    times: list[Annotated[float, Field(ge=0.0)]] = Field(min_length=1, examples=[[0.0, 50000.0]])
     """Simulation times in fs, strictly increasing."""
-    temperatures: list[PositiveFloat] = Field(min_length=1)
+    temperatures: list[PositiveFloat] = Field(min_length=1, examples=[[300.0, 600.0]])
     """Temperature in K at each of ``times``."""
 
     @model_validator(mode="after")
@@ -89,13 +92,14 @@ class ThermostatChain(Strict):
     """Nose-Hoover chain settings, every one passed to jax_md.simulate.nvt_nose_hoover."""
 
     chain_length: PositiveInt = 3
-    """Number of thermostat particles in the chain."""
+    """Number of thermostat particles in the chain (dimensionless)."""
     chain_steps: PositiveInt = 2
-    """Outer substeps of the chain integration per half step."""
+    """Outer substeps of the chain integration per half step (dimensionless)."""
     sy_steps: Literal[1, 3, 5, 7] = 3
-    """Suzuki-Yoshida weights per substep."""
+    """Suzuki-Yoshida weights per substep (dimensionless)."""
     tau: PositiveFloat = 100.0
-    """Chain oscillation period in time steps (the period in fs is ``tau * dt``)."""
+    """Chain oscillation period in time steps, not fs (``tau * dt`` fs; a barostat's ``tau_p``
+    is in fs)."""
 
 
 class NVTNoseHoover(Strict):
@@ -103,6 +107,7 @@ class NVTNoseHoover(Strict):
 
     kind: Literal["nvt"] = "nvt"
     thermostat: ThermostatChain = ThermostatChain()
+    """Chain settings (its ``tau`` in time steps)."""
 
 
 class NVTLangevin(Strict):
@@ -146,10 +151,10 @@ ParticleThermostat = Annotated[NVTLangevin | NVTNoseHoover, Field(discriminator=
 
 
 class NPTStochasticCellRescaling(Strict):
-    """Isothermal-isobaric ensemble by stochastic cell rescaling (Bernetti & Bussi, J. Chem.
-    Phys. 153, 114107 (2020); anisotropic: Del Tatto et al., Appl. Sci. 12, 1139 (2022)): a
-    first-order stochastic cell equation that samples the NPT ensemble, particles under a
-    Langevin or Nose-Hoover thermostat. Needs a fully periodic system."""
+    """Isothermal-isobaric ensemble by stochastic cell rescaling, particles under a Langevin or
+    Nose-Hoover thermostat; fully periodic systems only. A first-order stochastic cell equation
+    that samples the NPT ensemble (Bernetti & Bussi, J. Chem. Phys. 153, 114107 (2020);
+    anisotropic: Del Tatto et al., Appl. Sci. 12, 1139 (2022))."""
 
     kind: Literal["npt_scr"] = "npt_scr"
     thermostat: ParticleThermostat = NVTLangevin()
@@ -158,26 +163,26 @@ class NPTStochasticCellRescaling(Strict):
     """Deformations the cell may take: volume only, the three lengths (diagonal strain), or all
     six strain components (the lattice is kept upper triangular, i.e. it never turns)."""
     tau_p: PositiveFloat = 1000.0
-    """Barostat relaxation time in fs (at least ~20 dt; 100-1000 dt typical)."""
+    """Barostat relaxation time in fs, not time steps (at least ~20 dt; 100-1000 dt typical)."""
     compressibility: PositiveFloat = 4.5e-5
     """Isothermal compressibility estimate in 1/bar (water 4.5e-5, copper 7e-7). Only the
     coupling strength depends on it: the volume relaxes in ~tau_p when it is right."""
     pressure: PressureSchedule = ConstantPressure()
-    """Target pressure (bar) over time."""
+    """Target pressure in bar over time."""
 
 
 class NPTMartynaTobiasKlein(Strict):
-    """Isothermal-isobaric ensemble by Martyna-Tobias-Klein equations (jax_md.simulate.
-    npt_nose_hoover): isotropic cell, Nose-Hoover chains on particles and cell; deterministic,
-    with a conserved quantity. Needs a fully periodic system."""
+    """Isothermal-isobaric ensemble by the Martyna-Tobias-Klein equations: isotropic cell,
+    Nose-Hoover chains on particles and cell; fully periodic systems only. Deterministic, with a
+    conserved quantity (jax_md.simulate.npt_nose_hoover)."""
 
     kind: Literal["npt_mtk"] = "npt_mtk"
     thermostat: ThermostatChain = ThermostatChain()
-    """Particle chain (tau in time steps); the cell's chain takes the same chain settings."""
+    """Particle chain (its ``tau`` in time steps); the cell's chain takes the same settings."""
     tau_p: PositiveFloat = 1000.0
-    """Barostat period in fs (and that of its chain); at least ~20 dt."""
+    """Barostat period in fs, not time steps (also that of its chain; at least ~20 dt)."""
     pressure: PressureSchedule = ConstantPressure()
-    """Target pressure (bar) over time."""
+    """Target pressure in bar over time."""
 
 
 NPT = (NPTStochasticCellRescaling, NPTMartynaTobiasKlein)
@@ -193,32 +198,42 @@ Dynamics = Annotated[
 
 
 class EnergyUncertaintyCheck(Strict):
-    """Stop when the ensemble energy standard deviation exceeds ``threshold``."""
+    """Stop when the ensemble energy standard deviation sigma_E (calibrated, the whole
+    structure's) exceeds ``threshold``: per atom (sigma_E / N, eV/atom) by default."""
 
     kind: Literal["energy_uncertainty"] = "energy_uncertainty"
-    threshold: PositiveFloat
-    """In eV, or eV/atom with ``per_atom``."""
+    threshold: PositiveFloat = Field(examples=[0.05])
+    """In eV/atom with ``per_atom`` (the default), in eV (the whole structure) without."""
     per_atom: bool = True
-    """Compare sigma_E / N (True) or sigma_E (False)."""
+    """true: compare sigma_E / N in eV/atom; false: sigma_E of the whole structure in eV."""
+
+    @property
+    def unit(self) -> str:
+        return "eV/atom" if self.per_atom else "eV"
 
 
 class ForcesUncertaintyCheck(Strict):
-    """Stop when the force standard deviation of some atom exceeds ``threshold`` (eV/A).
-
-    ``reduce="norm"`` compares max over atoms of sqrt(sum_xyz sigma_F^2) (the norm of the per-atom
-    standard-deviation vector); ``"max_component"`` compares the largest single sigma_F component.
-    """
+    """Stop when the force standard deviation (calibrated) of some atom exceeds ``threshold``
+    (eV/A). With ``reduce="norm"`` it compares max over atoms of sqrt(sum_xyz sigma_F^2) (the
+    norm of the per-atom standard-deviation vector); ``"max_component"`` compares the largest
+    single sigma_F component."""
 
     kind: Literal["forces_uncertainty"] = "forces_uncertainty"
-    threshold: PositiveFloat
+    threshold: PositiveFloat = Field(examples=[1.0])
+    """In eV/A, per atom (see ``reduce``)."""
     reduce: Literal["norm", "max_component"] = "norm"
+    """norm: the largest per-atom norm of sigma_F (the trace's max_forces_uncertainty_eV_per_A);
+    max_component: the largest single component."""
+    unit: ClassVar[str] = "eV/A"
 
 
 class TemperatureCheck(Strict):
-    """Stop when the instantaneous kinetic temperature exceeds ``max_T`` (K)."""
+    """Stop when the instantaneous kinetic temperature exceeds ``max_T``."""
 
     kind: Literal["max_temperature"] = "max_temperature"
-    max_T: PositiveFloat
+    max_T: PositiveFloat = Field(examples=[2000.0])
+    """In K."""
+    unit: ClassVar[str] = "K"
 
 
 class VolumeCheck(Strict):
@@ -228,6 +243,7 @@ class VolumeCheck(Strict):
     kind: Literal["volume"] = "volume"
     max_factor: float = Field(2.0, gt=1.0)
     """Largest allowed max(V / V0, V0 / V), dimensionless."""
+    unit: ClassVar[str] = ""
 
 
 StopCheck = Annotated[
@@ -255,20 +271,23 @@ class MDConfig(Strict):
     """One MD run: integrator, schedule, chunking, neighbour list, checks, output."""
 
     dynamics: Dynamics = NVTNoseHoover()
+    """Integrator and ensemble: nve, nvt (Nose-Hoover chain), langevin, npt_scr, npt_mtk."""
     temperature: TemperatureSchedule = ConstantTemperature()
+    """Target temperature in K over time (also the initial velocities' temperature)."""
     dt: PositiveFloat = 0.5
     """Time step in fs."""
     duration: PositiveFloat
     """Simulated time in fs; the run has round(duration / dt) steps."""
     n_inner: PositiveInt = 500
-    """Steps per jitted chunk (one host round trip, one H5MD append, one checkpoint)."""
+    """Time steps per jitted chunk (one host round trip, one H5MD append, one checkpoint)."""
     sampling_rate: PositiveInt = 10
-    """A frame is kept every ``sampling_rate`` steps (need not divide ``n_inner``)."""
+    """A frame is kept every ``sampling_rate`` time steps (need not divide ``n_inner``)."""
     skin: float = Field(0.5, ge=0.0)
     """Neighbour-list skin in A: the list holds pairs within r_max + skin and is rebuilt once an
     atom has moved more than skin / 2."""
     capacity_multiplier: float = Field(1.1, ge=1.0)
-    """Neighbour slots per atom relative to the largest neighbour count at allocation. Every
+    """Neighbour slots per atom relative to the largest neighbour count at allocation
+    (dimensionless). Every
     slot costs model work; an overflow is detected, the list reallocated and the chunk redone
     (one recompilation), so a tight list is safe."""
     extra_capacity: int = Field(0, ge=0)
@@ -278,11 +297,12 @@ class MDConfig(Strict):
     load_momenta: bool = False
     """Start from the momenta stored in the initial structure instead of Maxwell-Boltzmann."""
     allow_close_contacts: bool = False
-    """Run a start structure with two atoms (or an atom and its image) closer than the
-    training-data screening limit (``data.screening.min_distance``, 0.5 A). Off: such a start
-    is refused, naming the pair."""
+    """Run a start structure with two atoms (or an atom and its image) closer than 0.5 A (the
+    training-data screening limit, ``data.screening.min_distance``). Off: such a start is
+    refused, naming the pair."""
     checks: list[StopCheck] = []
-    """Stop criteria evaluated on every kept frame; non-finite energies or positions always stop."""
+    """Stop criteria evaluated on every kept frame, each threshold in its unit (below); non-finite
+    energies or positions always stop. The status names the value, threshold and time."""
     force_uncertainty: bool = True
     """Ensembles: member forces (forces_uncertainty) on kept frames; they cost M backward passes
     but only every ``sampling_rate`` steps. The dynamics always use the cheap mean force."""
@@ -329,6 +349,7 @@ class MDRun(Strict):
     restart: bool = True
     """Continue from the checkpoint in the run directory if there is one (else start over)."""
     progress_bar: bool = True
+    """Show a progress bar of the steps."""
 
     @model_validator(mode="after")
     def _h5md(self) -> MDRun:

@@ -37,6 +37,8 @@ class RunState(NamedTuple):
     """Spare neighbour slots per atom the list is allocated with (grows on overflow)."""
     fingerprint: dict
     """The run identity (settings, system, start, model) a continuation must match."""
+    stop_detail: dict | None = None
+    """What stopped it, with units (:func:`apax_core.md.checks.stop_detail`)."""
 
 
 @dataclass(frozen=True)

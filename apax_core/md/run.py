@@ -50,7 +50,7 @@ class MDResult:
     trajectory: Path
     """The H5MD trajectory (absent if the run stopped before its first frame)."""
     status: dict
-    """The content of ``md_status.json``: stopped, reason, step, time_fs, n_frames."""
+    """The content of ``md_status.json`` (:func:`~apax_core.md.io.status_dict`)."""
     timing: dict
     """compile_s (first chunk minus a steady chunk) and us_per_atom_step (steady chunks)."""
 
@@ -266,10 +266,21 @@ def _keep_chunk(
         n_frames=run.n_frames + count,
         stopped=stopped,
         reason=engine.reasons[int(out.reason)] if stopped else None,
+        stop_detail=_stop_detail(engine, config, out) if stopped else None,
     )
     ckpt.save(traj.parent, out.state, engine.pairs.save(out.nbrs), run)
     write_status(traj.parent, status_dict(run, dt))
     return run
+
+
+def _stop_detail(engine: Engine, config: MDConfig, out: Carry) -> dict:
+    """:func:`~apax_core.md.checks.stop_detail` of the frame that stopped the chunk: the last
+    kept one, or the non-finite one after it (in the buffer, not kept)."""
+    code = int(out.reason)
+    k = int(out.count) - (code != stop.NAN)
+    frame = {key: np.asarray(value[k]) for key, value in out.buf.items()}
+    volume0 = float(abs(np.linalg.det(engine.pairs.cell)))  # the engine's volume check's V0
+    return stop.stop_detail(config.checks, code, frame, len(engine.numbers), volume0, config.dt)
 
 
 def _grow(engine: Engine, state, out: Carry, run: RunState, error: str):
@@ -304,9 +315,8 @@ def _finish(
     status = status_dict(run, config.dt)
     write_status(traj.parent, status)
     if run.stopped:
-        logger.warning(
-            "MD stopped at step %d (%.1f fs): %s", run.step, run.step * config.dt, run.reason
-        )
+        why = run.stop_detail["message"] if run.stop_detail else run.reason
+        logger.warning("MD stopped at step %d (%.1f fs): %s", run.step, run.step * config.dt, why)
     summary = _timing(chunks, n_atoms)
     if summary["us_per_atom_step"] is not None:
         logger.info(
