@@ -5,6 +5,9 @@ result stored as it arrives: a rerun after a crash computes only what is missing
 - processes: a local pool of N worker processes (spawned: no fork of a JAX process);
 - dask: a running scheduler (``address``) or a LocalCluster of N workers started for the run.
 
+Pool and LocalCluster workers get their thread count (OMP_NUM_THREADS and the like) before
+they run a task: by default the cores shared out, so that workers x threads = cores.
+
 A worker that dies mid-task (killed, out of memory) has its task retried on a fresh worker;
 a task that keeps killing workers is reported as lost, never silently dropped. Results come
 back in input order whichever executor ran them.
@@ -26,6 +29,7 @@ from tqdm.auto import tqdm
 
 from apax_core.config import DaskExecutor, Executor, Processes
 from apax_core.files import atomic_write
+from apax_core.threads import set_threads, thread_environment, threads_per_worker
 
 logger = logging.getLogger(__name__)
 
@@ -86,19 +90,25 @@ def _dispatch(fn, todo: dict, executor: Executor) -> Iterator[tuple[int, object]
     if not todo:
         return iter(())
     if isinstance(executor, Processes):
-        return _processes(fn, todo, executor.n_workers, executor.retries)
+        return _processes(fn, todo, executor)
     if isinstance(executor, DaskExecutor):
         return _dask(fn, todo, executor)
     return ((i, fn(item)) for i, item in todo.items())
 
 
-def _processes(fn, todo: dict, n_workers: int, retries: int) -> Iterator[tuple[int, object]]:
-    """A spawned pool; when a worker dies the pool breaks, and the unfinished tasks go to a
-    fresh pool, at most ``retries`` times."""
+def _processes(fn, todo: dict, config: Processes) -> Iterator[tuple[int, object]]:
+    """A spawned pool whose workers set their threads first; when a worker dies the pool
+    breaks, and the unfinished tasks go to a fresh pool, at most ``retries`` times."""
     todo, context = dict(todo), multiprocessing.get_context("spawn")
-    for attempt in range(retries + 1):
+    threads = threads_per_worker(config.n_workers, config.threads_per_worker)
+    for attempt in range(config.retries + 1):
         try:
-            with ProcessPoolExecutor(min(n_workers, len(todo)), mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                min(config.n_workers, len(todo)),
+                mp_context=context,
+                initializer=set_threads,
+                initargs=(threads,),
+            ) as pool:
                 futures = {pool.submit(fn, item): i for i, item in todo.items()}
                 for future in as_completed(futures):
                     i = futures[future]
@@ -109,7 +119,7 @@ def _processes(fn, todo: dict, n_workers: int, retries: int) -> Iterator[tuple[i
         except BrokenProcessPool:
             logger.warning("a worker died; %d tasks left (attempt %d)", len(todo), attempt + 1)
     for i in list(todo):
-        yield i, Lost(f"worker died {retries + 1} times")
+        yield i, Lost(f"worker died {config.retries + 1} times")
 
 
 def _dask(fn, todo: dict, config: DaskExecutor) -> Iterator[tuple[int, object]]:
@@ -126,9 +136,12 @@ def _dask(fn, todo: dict, config: DaskExecutor) -> Iterator[tuple[int, object]]:
             target = stack.enter_context(
                 LocalCluster(
                     n_workers=config.n_workers,
-                    threads_per_worker=1,
+                    threads_per_worker=1,  # dask's task threads; the libraries' are in env
                     processes=True,
                     dashboard_address=None,
+                    env=thread_environment(
+                        threads_per_worker(config.n_workers, config.threads_per_worker)
+                    ),
                 )
             )
         client = stack.enter_context(Client(target))

@@ -30,14 +30,19 @@ from apax_nodes.paths import checkpoint_dir
 @one_line_errors
 class Label(FramesNode):
     """Reference labels for ``data``; a structure whose calculation fails is recorded in
-    ``failures.json`` with its index and error, never silently dropped."""
+    ``failures.json`` with its index and error, never silently dropped. Every frame records
+    its labeller in ``atoms.info["labeller"]`` (method, code, version, settings)."""
 
     data: list[ase.Atoms] = zntrack.deps()
     labeller: Labeller = zntrack.deps()
     executor: dict = zntrack.params(default_factory=lambda: {"kind": "serial"})
     """Where the calculations run: {kind: serial}, {kind: processes, n_workers: 4} or
     {kind: dask, address: ...} (see apax_core.config.executor); results are kept per
-    structure as they arrive, so a rerun after a crash computes only what is missing."""
+    structure as they arrive, so a rerun after a crash computes only what is missing.
+    ``threads_per_worker`` (default: cores // n_workers) sets each worker's threads."""
+    stress: bool = zntrack.params(True)
+    """Label the stress (eV/A^3) of 3D-periodic cells; molecules, slabs and wires never get
+    one. False skips it, e.g. for NVT data of a liquid that no stress loss uses."""
     failures_path: Path = zntrack.outs_path(zntrack.nwd / "failures.json")
     metrics: dict = zntrack.metrics()
 
@@ -45,7 +50,7 @@ class Label(FramesNode):
         executor = validate(Executor, self.executor, "executor")
         work = checkpoint_dir(self.name)
         frames, failures = label_frames(
-            self.labeller, self.data, executor, work / "labels", desc=self.name
+            self.labeller, self.data, executor, work / "labels", self.name, self.stress
         )
         write_h5(self.frames_path, frames)
         atomic_write(self.failures_path, json.dumps(failures, indent=2))

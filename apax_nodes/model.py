@@ -4,12 +4,14 @@ another repository) and the ``get_calculator`` protocol of IPSuite and mlipx."""
 from __future__ import annotations
 
 import atexit
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import znflow
 
+from apax_core.labelling import read_labellers
 from apax_core.model_dir import Model, load_model
 from apax_nodes.frames import fetch
 
@@ -78,8 +80,68 @@ class ModelNode:
             return False
         return True
 
-    def get_spec(self) -> None:
-        """mlipx's description of the training data's reference method (DFT functional, basis,
-        dataset). A model directory does not record which labeller made its data, so there is
-        none to give; mlipx then compares no specs for this model."""
-        return None
+    def get_spec(self):
+        """mlipx's description of the training data's reference method, from the labellers the
+        model directory records (see :func:`mlipx_spec`); None for a model trained before
+        they were recorded, or on frames none of which says its labeller."""
+        records = read_labellers(local_model_dir(self))
+        known = [r for r in records or [] if isinstance(r["labeller"], dict)]
+        return _as_mlipx(mlipx_spec(records)) if known else None
+
+
+MLIPX_CODES = {
+    "vasp": "VASP",
+    "cp2k": "CP2K",
+    "orca": "ORCA",
+    "gpaw": "GPAW",
+    "espresso": "QuantumEspresso",
+    "aims": "FHI-aims",
+    "psi4": "PSI4",
+}
+"""ASE calculator classes (lower case) of the codes mlipx's schema names."""
+
+
+def mlipx_spec(records: list[dict]) -> dict:
+    """An mlipx spec (``{"data": ...}``, mlipx/spec/mlips-schema.json) of labeller records
+    with frame counts (``labellers.json``). The schema knows DFT, HF and public datasets, so
+    every labeller is ``type: DFT``: a DFT code's class and ``xc`` where it has them, else
+    ``code: other`` with the method as the functional (GFN2-xTB, EMT). Data of several
+    labellers name all of them ("GFN2-xTB + EMT"), never one; the frame counts and settings
+    of each are in the metadata, which mlipx does not compare."""
+    known = [r["labeller"] for r in records if isinstance(r["labeller"], dict)]
+    functionals = sorted({_functional(r) for r in known})
+    codes = {_code(r) for r in known}
+    # the version of the package that made the labels, unless it only drives a DFT code
+    versions = {f"{r['code']} {r['version']}" for r in known if _code(r) == "other"}
+    versions = sorted(v for v in versions if not v.endswith(" None"))
+    if len(known) < len(records):
+        functionals.append("unknown")
+    data = {
+        "type": "DFT",
+        "code": codes.pop() if len(codes) == 1 else "other",
+        "code_version": ", ".join(versions) or None,
+        "method": {"functional": " + ".join(functionals)},
+    }
+    parts = [f"{r['n_frames']} frames: {json.dumps(r['labeller'])}" for r in records]
+    kind = "several labellers" if len(records) > 1 else "one labeller"
+    return {"data": data, "metadata": {"description": f"{kind}; " + "; ".join(parts)}}
+
+
+def _functional(record: dict) -> str:
+    xc = record.get("settings", {}).get("xc") if _code(record) != "other" else None
+    return xc if isinstance(xc, str) else record["method"]
+
+
+def _code(record: dict) -> str:
+    name = record["method"].rpartition(".")[2].lower()
+    return MLIPX_CODES.get(name, "other")
+
+
+def _as_mlipx(spec: dict):
+    """mlipx's own object where mlipx is installed (its ``compare_specs`` wants one), else
+    the plain dict of the same content."""
+    try:
+        from mlipx.spec import MLIPSpec
+    except ImportError:
+        return spec
+    return MLIPSpec.model_validate(spec)

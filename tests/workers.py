@@ -18,3 +18,9 @@ def die_once(marker: str) -> str:
 
 def always_die(_) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def thread_settings(_) -> dict[str, str | None]:
+    """The thread variables the worker that runs this sees."""
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    return {name: os.environ.get(name) for name in names}

@@ -10,7 +10,7 @@ from apax_core.config.common import Strict
 
 
 class Serial(Strict):
-    """In this process, one task after another."""
+    """In this process, one task after another, with the threads this process has."""
 
     kind: Literal["serial"] = "serial"
 
@@ -22,6 +22,11 @@ class Processes(Strict):
     n_workers: PositiveInt = 2
     retries: NonNegativeInt = 2
     """How often the unfinished tasks of a dead worker are resubmitted to a fresh pool."""
+    threads_per_worker: PositiveInt | None = None
+    """Threads of each worker (OMP_NUM_THREADS, MKL_NUM_THREADS, OPENBLAS_NUM_THREADS, set
+    before the worker builds a calculator); None shares the cores out: cores // n_workers,
+    at least 1. Workers x threads = cores: more oversubscribes the machine, and an xTB
+    worker with more threads than its share runs slower under load, not faster."""
 
 
 class DaskExecutor(Strict):
@@ -32,9 +37,12 @@ class DaskExecutor(Strict):
     address: str | None = None
     """Scheduler address (tcp://host:8786); None starts a LocalCluster."""
     n_workers: PositiveInt = 2
-    """Workers of the LocalCluster (one thread each); ignored with an address."""
+    """Workers of the LocalCluster (one task at a time each); ignored with an address."""
     retries: NonNegativeInt = 2
     """Worker deaths a task survives (the LocalCluster's allowed-failures)."""
+    threads_per_worker: PositiveInt | None = None
+    """Threads of each LocalCluster worker (as for ``processes``; None: cores // n_workers);
+    ignored with an address, where the cluster's job script sets them (OMP_NUM_THREADS)."""
 
 
 Executor = Annotated[Serial | Processes | DaskExecutor, Field(discriminator="kind")]
