@@ -1,38 +1,208 @@
-"""Structure generation and splitting: perturbed copies of seeds, random partitions."""
+"""Structure generation and splitting: perturbed copies of seeds (plain, or labelled and bounded
+by a force ceiling under the reference), random partitions."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import ase
 import numpy as np
+from ase.data import chemical_symbols
+from tqdm.auto import tqdm
 
 from apax_core.data.io import DataError
 from apax_core.errors import InputError
+from apax_core.labelling import Labeller, label
+
+log = logging.getLogger(__name__)
 
 
-def perturbed(
-    atoms: ase.Atoms, rng: np.random.Generator, rattle: float, strain: float
-) -> ase.Atoms:
-    """A copy with a random symmetric strain (|e_ij| <= strain, periodic cells only) and
-    Gaussian displacements of standard deviation ``rattle`` (A); no calculator."""
+Rattle = float | Mapping[str, float]
+"""Standard deviation of the Gaussian displacements in A: one number for every atom, or one per
+element symbol ({"H": 0.03, "O": 0.05})."""
+
+
+class Perturbation(NamedTuple):
+    """One copy's random draw: a symmetric strain (3, 3), None without one, and Gaussian
+    displacements (N, 3) in A. Applied at a scale s: strain s * e, displacements s * d."""
+
+    strain: np.ndarray | None
+    displacement: np.ndarray
+
+
+def check_perturbation(rattle: Rattle, strain: float) -> None:
+    """InputError naming the field for a negative, non-finite or non-numeric ``rattle`` (A) or
+    ``strain``, or a ``rattle`` key that is no element symbol."""
+    per_element = isinstance(rattle, Mapping)
+    unknown = [k for k in rattle if k not in chemical_symbols[1:]] if per_element else []
+    if unknown:
+        raise InputError(f"rattle: {unknown} are no element symbols (keys like 'H', 'O')")
+    if not all(map(_is_non_negative, rattle.values() if per_element else [rattle])):
+        raise InputError(f"rattle must be non-negative numbers (A), got {rattle}")
+    if not _is_non_negative(strain):
+        raise InputError(f"strain must be a non-negative number, got {strain}")
+
+
+def _is_non_negative(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < np.inf
+
+
+def rattle_scales(atoms: ase.Atoms, rattle: Rattle) -> float | np.ndarray:
+    """The standard deviation of each atom's displacements, (N, 1) in A, from a per-element
+    ``rattle``; a number stays a number (so a float rattle draws exactly as it always did)."""
+    if not isinstance(rattle, Mapping):
+        return rattle
+    symbols = atoms.get_chemical_symbols()
+    missing = sorted(set(symbols) - set(rattle))
+    if missing:
+        raise InputError(f"rattle has no standard deviation (A) for the elements {missing}")
+    return np.array([float(rattle[s]) for s in symbols])[:, None]
+
+
+def draw_perturbation(
+    atoms: ase.Atoms, rng: np.random.Generator, rattle: Rattle, strain: float
+) -> Perturbation:
+    """A random symmetric strain (|e_ij| <= strain, periodic cells only) and Gaussian
+    displacements of standard deviation ``rattle`` (A)."""
+    e = None
+    if atoms.pbc.any() and strain > 0:
+        e = rng.uniform(-strain, strain, size=(3, 3))
+        e = 0.5 * (e + e.T)
+    d = rng.normal(scale=rattle_scales(atoms, rattle), size=atoms.positions.shape)
+    return Perturbation(e, d)
+
+
+def apply_perturbation(atoms: ase.Atoms, p: Perturbation, scale: float = 1.0) -> ase.Atoms:
+    """A copy of ``atoms`` strained by ``scale * p.strain`` (atoms move with the cell), then
+    displaced by ``scale * p.displacement``; no calculator."""
     out = atoms.copy()
     out.calc = None
-    if out.pbc.any() and strain > 0:
-        e = rng.uniform(-strain, strain, size=(3, 3))
-        out.set_cell(out.cell.array @ (np.eye(3) + 0.5 * (e + e.T)), scale_atoms=True)
-    out.positions += rng.normal(scale=rattle, size=out.positions.shape)
+    if p.strain is not None:
+        out.set_cell(out.cell.array @ (np.eye(3) + scale * p.strain), scale_atoms=True)
+    out.positions += scale * p.displacement
     return out
 
 
-def bootstrap(
-    seeds: Sequence[ase.Atoms], n: int, rattle: float, strain: float, seed: int
-) -> list[ase.Atoms]:
-    """``n`` perturbed copies of ``seeds`` (cycled), a pure function of ``seed``."""
+def draws(
+    seeds: Sequence[ase.Atoms], n: int, rattle: Rattle, strain: float, seed: int
+) -> list[Perturbation]:
+    """The perturbations of ``n`` copies of ``seeds`` (cycled), a pure function of ``seed``."""
     if not seeds:
         raise DataError("no input structures to bootstrap from")
+    check_perturbation(rattle, strain)
     rng = np.random.default_rng(seed)
-    return [perturbed(seeds[k % len(seeds)], rng, rattle, strain) for k in range(n)]
+    return [draw_perturbation(seeds[k % len(seeds)], rng, rattle, strain) for k in range(n)]
+
+
+def bootstrap(
+    seeds: Sequence[ase.Atoms], n: int, rattle: Rattle, strain: float, seed: int
+) -> list[ase.Atoms]:
+    """``n`` perturbed copies of ``seeds`` (cycled), a pure function of ``seed``."""
+    ps = draws(seeds, n, rattle, strain, seed)
+    return [apply_perturbation(seeds[k % len(seeds)], p) for k, p in enumerate(ps)]
+
+
+def largest_force(atoms: ase.Atoms) -> float:
+    """The largest atomic force norm of a labelled structure (eV/A)."""
+    return float(np.linalg.norm(atoms.get_forces(), axis=1).max())
+
+
+class Reference:
+    """A labeller's calculator, built once and reused; rebuilt after a failed calculation,
+    since a calculator's state after an exception cannot be trusted."""
+
+    def __init__(self, labeller: Labeller) -> None:
+        self.labeller = labeller
+        self.calc = labeller.get_calculator()
+
+    def label(self, atoms: ase.Atoms) -> ase.Atoms:
+        try:
+            return label(atoms, self.calc)
+        except Exception:
+            self.calc = self.labeller.get_calculator()
+            raise
+
+
+def bounded_copy(
+    atoms: ase.Atoms, p: Perturbation, reference: Reference, max_force: float, max_tries: int
+) -> tuple[ase.Atoms | None, dict]:
+    """The labelled copy of ``atoms`` perturbed by ``p`` at the largest scale of 1, 1/2, 1/4,
+    ... (``max_tries`` labels at most) whose largest force is at most ``max_force`` (eV/A),
+    and its record {scale, calls, largest_force}; None and a record with an ``error`` if no
+    scale passes. A failed calculation counts as a force too large."""
+    record: dict = {}
+    for t in range(max_tries):
+        record |= {"scale": 0.5**t, "calls": t + 1, "largest_force": None}
+        try:
+            frame = reference.label(apply_perturbation(atoms, p, record["scale"]))
+        except Exception as err:  # noqa: BLE001 - any calculator failure: shrink and retry
+            record["error"] = f"{type(err).__name__}: {err}"
+            continue
+        record["largest_force"] = f = largest_force(frame)
+        if f <= max_force:
+            record.pop("error", None)
+            return frame, record
+        record["error"] = f"largest force {f:.3g} eV/A > max_force {max_force} eV/A"
+    return None, record
+
+
+def bounded_bootstrap(
+    seeds: Sequence[ase.Atoms],
+    n: int,
+    rattle: Rattle,
+    strain: float,
+    seed: int,
+    *,
+    labeller: Labeller,
+    max_force: float,
+    max_tries: int = 4,
+) -> tuple[list[ase.Atoms], list[dict]]:
+    """Labelled copies of ``seeds`` whose largest force is at most ``max_force`` (eV/A).
+
+    Copy k is :func:`bootstrap`'s copy k for the same (n, rattle, strain, seed), labelled by
+    ``labeller``; while its largest force exceeds ``max_force``, its strain and displacements
+    are halved (same direction) and it is relabelled, up to ``max_tries`` labels. Returns the
+    copies that passed and one record per copy {index, seed, scale, calls, largest_force}; a
+    copy that never passed has an ``error`` and no frame (logged, never silently dropped).
+    All input is checked before the first calculation. For frames of thermal motion instead,
+    :func:`apax_core.labelling.reference_md` runs MD with the reference itself."""
+    check_bounds(max_force, max_tries)
+    ps = draws(seeds, n, rattle, strain, seed)
+    reference = Reference(labeller)
+    frames, records = [], []
+    for k, p in enumerate(tqdm(ps, desc="bounded bootstrap")):
+        frame, record = bounded_copy(seeds[k % len(seeds)], p, reference, max_force, max_tries)
+        records.append({"index": k, "seed": k % len(seeds), **record})
+        if frame is None:
+            log.warning(
+                "bootstrap copy %d failed at scale %g: %s", k, record["scale"], record["error"]
+            )
+        else:
+            frames.append(frame)
+    return frames, records
+
+
+def check_bounds(max_force: float, max_tries: int) -> None:
+    """InputError naming the field for a non-positive ``max_force`` (eV/A) or ``max_tries``."""
+    if not (_is_non_negative(max_force) and max_force > 0):
+        raise InputError(f"max_force must be a positive number (eV/A), got {max_force}")
+    if not (isinstance(max_tries, int) and not isinstance(max_tries, bool) and max_tries >= 1):
+        raise InputError(f"max_tries must be an integer >= 1, got {max_tries}")
+
+
+def bootstrap_metrics(records: Sequence[dict]) -> dict:
+    """Summary of :func:`bounded_bootstrap`'s records: frames, failures, reference calls, the
+    largest force of a kept frame (eV/A) and the share of kept frames that were shrunk."""
+    kept = [r for r in records if "error" not in r]
+    return {
+        "n_frames": len(kept),
+        "n_failed": len(records) - len(kept),
+        "reference_calls": sum(r["calls"] for r in records),
+        "largest_force_eV_A": max((r["largest_force"] for r in kept), default=0.0),
+        "shrunk_share": sum(r["scale"] < 1 for r in kept) / max(len(kept), 1),
+    }
 
 
 def split_indices(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
