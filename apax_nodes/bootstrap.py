@@ -77,6 +77,9 @@ class BoundedBootstrap(FramesNode):
     """Ceiling of the largest atomic force norm of a kept frame in eV/A."""
     max_tries: int = zntrack.params(4)
     """Labels per copy at most, at scales 1, 1/2, 1/4, ..."""
+    relax_steps: int = zntrack.params(0)
+    """FIRE steps under the reference (at most; to max_force / 2) that relax each seed before
+    it is copied: a liquid of randomly placed molecules needs a few tens."""
     copies_path: Path = zntrack.outs_path(zntrack.nwd / "copies.json")
     metrics: dict = zntrack.metrics()
     """Frames kept, copies failed, reference calls, largest kept force (eV/A), shrunk share."""
@@ -98,6 +101,7 @@ class BoundedBootstrap(FramesNode):
             labeller=self.labeller,
             max_force=self.max_force,
             max_tries=self.max_tries,
+            relax_steps=self.relax_steps,
         )
         write_h5(self.frames_path, record_labeller(frames, self.labeller))
         atomic_write(self.copies_path, json.dumps(records, indent=2))

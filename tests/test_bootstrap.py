@@ -82,21 +82,32 @@ def test_bounded_copies_stay_under_the_ceiling_by_shrinking_along_the_same_direc
 
 
 def test_a_copy_that_never_passes_is_recorded_not_dropped():
-    frames, records = bounded_bootstrap(
-        [cu_cell()], 2, 0.1, 0.0, 0, labeller=EMTLabeller(), max_force=1e-6, max_tries=3
-    )
-    assert frames == []
-    assert [(r["index"], r["calls"], r["scale"]) for r in records] == [(0, 3, 0.25), (1, 3, 0.25)]
-    assert all(
-        r["error"].startswith("largest force") and "max_force" in r["error"] for r in records
-    )
-    assert bootstrap_metrics(records)["n_failed"] == 2
     # a calculation that fails counts as a force too large: shrunk, then recorded
     frames, records = bounded_bootstrap(
-        [bulk("Si")], 1, 0.1, 0.0, 0, labeller=EMTLabeller(), max_force=5.0, max_tries=2
+        [cu_cell(), bulk("Si")], 2, 0.1, 0.0, 0, labeller=EMTLabeller(), max_force=50.0, max_tries=2
     )
-    assert frames == [] and records[0]["calls"] == 2 and records[0]["largest_force"] is None
-    assert records[0]["error"] == "NotImplementedError: No EMT-potential for Si"
+    assert len(frames) == 1 and [r["index"] for r in records] == [0, 1]
+    assert "error" not in records[0] and records[1]["calls"] == 2
+    assert records[1]["largest_force"] is None and records[1]["scale"] == 0.5
+    assert records[1]["error"] == "NotImplementedError: No EMT-potential for Si"
+    assert bootstrap_metrics(records)["n_failed"] == 1
+    # no copy at all: an error that says what to do, not an empty training set downstream
+    with pytest.raises(InputError, match=r"none of 2 copies .* \(relax_steps\)"):
+        bounded_bootstrap(
+            [cu_cell()], 2, 0.1, 0.0, 0, labeller=EMTLabeller(), max_force=1e-6, max_tries=3
+        )
+
+
+def test_seeds_far_from_equilibrium_are_relaxed_first():
+    """A random liquid box starts above any force ceiling (16 H2O under xTB: 6 eV/A at scale
+    1/8); relax_steps relaxes each seed under the reference before it is copied."""
+    seed = cu_cell()
+    seed.positions[0] += [0.6, 0.0, 0.0]
+    kwargs = {"labeller": EMTLabeller(), "max_force": 1.0, "max_tries": 2}
+    with pytest.raises(InputError, match="none of 3 copies"):
+        bounded_bootstrap([seed], 3, 0.01, 0.0, 0, **kwargs)
+    frames, records = bounded_bootstrap([seed], 3, 0.01, 0.0, 0, relax_steps=100, **kwargs)
+    assert len(frames) == 3 and all(largest_force(f) <= 1.0 for f in frames)
 
 
 class NeverCalled(Calculator):

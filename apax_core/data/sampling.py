@@ -158,6 +158,7 @@ def bounded_bootstrap(
     labeller: Labeller,
     max_force: float,
     max_tries: int = 4,
+    relax_steps: int = 0,
 ) -> tuple[list[ase.Atoms], list[dict]]:
     """Labelled copies of ``seeds`` whose largest force is at most ``max_force`` (eV/A).
 
@@ -166,11 +167,17 @@ def bounded_bootstrap(
     are halved (same direction) and it is relabelled, up to ``max_tries`` labels. Returns the
     copies that passed and one record per copy {index, seed, scale, calls, largest_force}; a
     copy that never passed has an ``error`` and no frame (logged, never silently dropped).
-    All input is checked before the first calculation. For frames of thermal motion instead,
+    With ``relax_steps`` > 0 the seeds are first relaxed under the reference (FIRE, at most
+    that many steps, to half of ``max_force``): a liquid built from random molecules starts
+    with forces above any sensible ceiling. All input is checked before the first
+    calculation; an InputError when no copy passes. For frames of thermal motion instead,
     :func:`apax_core.labelling.reference_md` runs MD with the reference itself."""
     check_bounds(max_force, max_tries)
+    if not (isinstance(relax_steps, int) and relax_steps >= 0):
+        raise InputError(f"relax_steps must be an integer >= 0, got {relax_steps}")
     ps = draws(seeds, n, rattle, strain, seed)
     reference = Reference(labeller)
+    seeds = [relaxed(a, reference, relax_steps, max_force / 2) for a in seeds]
     frames, records = [], []
     for k, p in enumerate(tqdm(ps, desc="bounded bootstrap")):
         frame, record = bounded_copy(seeds[k % len(seeds)], p, reference, max_force, max_tries)
@@ -181,7 +188,27 @@ def bounded_bootstrap(
             )
         else:
             frames.append(frame)
+    if not frames:
+        raise InputError(
+            f"bootstrap: none of {n} copies got its largest force below max_force {max_force} "
+            "eV/A, even at the smallest scale; relax the seeds (relax_steps) or raise max_force"
+        )
     return frames, records
+
+
+def relaxed(atoms: ase.Atoms, reference: Reference, max_steps: int, fmax: float) -> ase.Atoms:
+    """``atoms`` after at most ``max_steps`` FIRE steps under the reference (to ``fmax`` eV/A,
+    cell fixed); unchanged for 0 steps."""
+    if max_steps == 0:
+        return atoms
+    from ase.optimize import FIRE
+
+    out = atoms.copy()
+    out.calc = reference.calc
+    FIRE(out, logfile=None).run(fmax=fmax, steps=max_steps)
+    log.info("seed relaxed to a largest force of %.3g eV/A", largest_force(out))
+    out.calc = None
+    return out
 
 
 def check_bounds(max_force: float, max_tries: int) -> None:
