@@ -4,7 +4,9 @@
     statistics.json   elements and data statistics the model was built with
     params.msgpack    the parameters consumers use (best validation epoch; EMA weights if enabled)
     calibration.json  optional post-hoc uncertainty calibration factors
-    screening.json    the implausible training/validation structures, by index and reason
+    screening.json    the implausible training/validation structures, by index and reason,
+                      and the base model's frames this run lacks
+    training_set.json the frames it learned from, as hashes (a warm start keeps them)
 
 Paths inside are never absolute, so a moved or copied directory still loads.
 """

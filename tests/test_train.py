@@ -17,6 +17,7 @@ import jax
 import numpy as np
 import pytest
 import yaml
+from ase.io import read
 from conftest import TINY, emt_frames, tiny_config
 from flax import serialization
 
@@ -225,6 +226,35 @@ def test_warm_start_freezes_groups_bit_identical(base_model, data_files, tmp_pat
     assert not all(jax.tree.leaves(same["readout"]))  # the rest did train
     assert not same["scale_shift"]["shift"]
     assert warm.stats == base.stats
+
+
+def test_a_warm_start_keeps_every_frame_its_base_model_learned_from(base_model, data_files, caplog):
+    """Iteration 3 of the water trial dropped a seed frame iterations 0-2 had trained on, once
+    new frames moved the statistics. A strict screening (many frames beyond 1.5 robust sigma)
+    now drops only new frames; with keep_trained off, the base model's lost frames are warned
+    about by index and counted."""
+    from apax_core.data.screening import structure_key
+    from apax_core.train.data import load_training_data
+
+    base_keys = json.loads((base_model / "training_set.json").read_text())
+    train = [from_atoms(a) for a in read(data_files["train"], ":") + read(data_files["more"], ":")]
+    val = [from_atoms(a) for a in read(data_files["val"], ":")]
+
+    def load(keep_trained: bool):
+        screening = {"max_robust_z": 1.5, "min_structures": 2, "keep_trained": keep_trained}
+        spec = tiny_config(Path("unused"), data_files, data={"screening": screening}).spec
+        return load_training_data(spec, train, val, base_model)
+
+    kept = load(True)
+    keys = {structure_key(s) for s in kept.train + kept.val}
+    assert set(base_keys["train"]) | set(base_keys["val"]) <= keys
+    assert kept.missing == ()
+    assert len(kept.train) < len(train)  # new frames were screened as before
+    caplog.clear()
+    moved = load(False)
+    assert moved.missing and all(m.split()[0] in ("train", "val") for m in moved.missing)
+    assert f"{len(moved.missing)} frames the base model learned from" in caplog.text
+    assert moved.missing[0] in caplog.text
 
 
 def test_warm_start_rejects_unknown_element_and_changed_architecture(

@@ -54,6 +54,10 @@ class Screening(Strict):
     deviations (1.4826 x median absolute deviation) from the data's median are outliers."""
     min_structures: PositiveInt = 8
     """The energy and force outlier checks need at least this many structures."""
+    keep_trained: bool = True
+    """Under a warm start, a flagged structure the base model trained on (or validated on) is
+    kept, so the training set does not move between iterations of a loop; False screens every
+    structure anew (any frame the base model had that this run lacks is then warned about)."""
 
 
 class DataConfig(Strict):

@@ -4,8 +4,9 @@ inflate the per-element scale many times and spoil a whole training run."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -95,20 +96,55 @@ def implausible(structures: Sequence[Structure], config: Screening) -> dict[int,
     return {k: "; ".join(reasons[k]) for k in sorted(reasons)}
 
 
+def structure_key(structure: Structure) -> str:
+    """A short hash of what makes a frame itself (elements, positions, cell): how a warm start
+    recognises the frames its base model learned from."""
+    h = hashlib.sha256()
+    for a in (structure.Z, structure.positions, structure.cell):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def listing(items: Sequence[str], limit: int = 10) -> str:
+    """The first ``limit`` items, comma-separated, and how many more there are."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def _listing(flagged: dict[int, str]) -> str:
+    return listing([f"{k} ({why})" for k, why in flagged.items()])
+
+
 def screen(
-    structures: Sequence[Structure], config: Screening, source: str
+    structures: Sequence[Structure],
+    config: Screening,
+    source: str,
+    trained: Collection[str] = (),
 ) -> tuple[list[Structure], dict[int, str]]:
     """The structures to use and the flagged ones (index -> reason): flagged structures are
-    logged by index, then dropped, kept, or raised as a DataError, as ``config.action`` says."""
+    logged by index, then dropped, kept, or raised as a DataError, as ``config.action`` says.
+
+    A flagged structure whose :func:`structure_key` is in ``trained`` (the base model of a warm
+    start learned from it) is kept when ``config.keep_trained``: the data a loop has trained on
+    does not move because new frames shifted the statistics."""
     flagged = implausible(structures, config)
     if not flagged:
         return list(structures), {}
-    listing = ", ".join(f"{k} ({why})" for k, why in list(flagged.items())[:10])
-    more = f" and {len(flagged) - 10} more" if len(flagged) > 10 else ""
-    text = f"{source}: implausible structures {listing}{more}"
-    if config.action == "error":
-        raise DataError(f"{text}; set data.screening.action to 'drop' or 'keep' to go on")
-    logger.warning("%s; %s", text, "dropped" if config.action == "drop" else "kept")
+    if config.keep_trained and trained:
+        known = {k for k in flagged if structure_key(structures[k]) in trained}
+        if known:
+            stay = {k: flagged[k] for k in sorted(known)}
+            logger.warning(
+                "%s: kept, as the base model learned from them: %s", source, _listing(stay)
+            )
+        drop = {k: why for k, why in flagged.items() if k not in known}
+    else:
+        drop = flagged
+    if drop:
+        text = f"{source}: implausible structures {_listing(drop)}"
+        if config.action == "error":
+            raise DataError(f"{text}; set data.screening.action to 'drop' or 'keep' to go on")
+        logger.warning("%s; %s", text, "dropped" if config.action == "drop" else "kept")
     if config.action == "keep":
         return list(structures), flagged
-    return [s for k, s in enumerate(structures) if k not in flagged], flagged
+    return [s for k, s in enumerate(structures) if k not in drop], flagged

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +26,15 @@ from apax_core.data import (
     read_frames,
     species_index,
 )
-from apax_core.data.screening import screen
+from apax_core.data.screening import listing, screen, structure_key
 from apax_core.model import ModelStatistics
 from apax_core.model_dir import Model, load_model
+
+log = logging.getLogger(__name__)
+
+TRAINING_SET = "training_set.json"
+"""The model directory's record of the frames it learned from: {"train": keys, "val": keys}
+(see :func:`apax_core.data.screening.structure_key`), read back by a warm start."""
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,16 @@ class TrainingData:
     """The warm-start base model, if any."""
     flagged: dict[str, dict[int, str]] = dataclasses.field(default_factory=dict)
     """Implausible structures per source name: index in that source -> reason."""
+    missing: tuple[str, ...] = ()
+    """Frames the base model learned from that this run lacks ("train 3": its training
+    structure 3), whatever removed them."""
+
+    def training_set(self) -> dict[str, list[str]]:
+        """The :data:`TRAINING_SET` record of this run."""
+        return {name: [structure_key(s) for s in part] for name, part in self.parts().items()}
+
+    def parts(self) -> dict[str, list[Structure]]:
+        return {"train": self.train, "val": self.val}
 
     def fingerprint(self) -> str:
         """Hash of every array the run learns from (structures and the base model's parameters,
@@ -127,18 +145,20 @@ def load_training_data(
 
     A ``val`` of None means: hold out ``data.val_fraction`` of the training structures.
     """
+    if config.warm_start is not None and base is None:
+        raise DataError("warm_start is set but the run has no base model to start from")
+    before = {} if base is None else base_training_set(Path(base))
+    trained = {k for keys in before.values() for k in keys}
     labels = sorted({t.quantity for t in config.loss} | set(config.data.labels))
     train, train_name = structures_of(train, labels, "training data")
-    train, flagged = screen(train, config.data.screening, train_name)
+    train, flagged = screen(train, config.data.screening, train_name, trained)
     flagged = {train_name: flagged}
     if val is None:
         train, val = split(train, config.data.val_fraction, config.data.shuffle_seed)
         val_name = train_name
     else:
         val, val_name = structures_of(val, labels, "validation data")
-        val, flagged[val_name] = screen(val, config.data.screening, val_name)
-    if config.warm_start is not None and base is None:
-        raise DataError("warm_start is set but the run has no base model to start from")
+        val, flagged[val_name] = screen(val, config.data.screening, val_name, trained)
     base = None if base is None else base_model(base, config)
     elements = model_elements(config, train, base)  # validation may not add elements
     species_index(train, elements, train_name)
@@ -153,4 +173,30 @@ def load_training_data(
         stats = dataclasses.replace(base.stats, shift=fresh.shift, scale=fresh.scale)
     else:
         stats = base.stats
-    return TrainingData(train, val, stats, base, flagged)
+    return TrainingData(train, val, stats, base, flagged, missing_frames(before, train + val))
+
+
+def base_training_set(directory: Path) -> dict[str, list[str]]:
+    """The base model's :data:`TRAINING_SET` record ({} for models written before it)."""
+    path = directory / TRAINING_SET
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def missing_frames(before: dict[str, list[str]], now: Sequence[Structure]) -> tuple[str, ...]:
+    """The frames of ``before`` (a base model's record) that ``now`` lacks, warned about by
+    name: a loop's training set changing between iterations is never silent."""
+    present = {structure_key(s) for s in now}
+    missing = tuple(
+        f"{name} {k}"
+        for name, keys in before.items()
+        for k, key in enumerate(keys)
+        if key not in present
+    )
+    if missing:
+        log.warning(
+            "%d frames the base model learned from are not in this run's data: %s "
+            "(its training-set indices; see data.screening.keep_trained)",
+            len(missing),
+            listing(missing),
+        )
+    return missing
