@@ -12,6 +12,7 @@ import zntrack
 
 from apax_core.config import TrainConfig, validate
 from apax_core.data import from_atoms
+from apax_core.labelling import write_labellers
 from apax_core.train.trainer import SCREENING, train
 from apax_nodes.errors import one_line_errors
 from apax_nodes.model import ModelNode, local_model_dir, require_apax_model
@@ -33,6 +34,9 @@ class Train(zntrack.Node, ModelNode):
 
     data: list[ase.Atoms] = zntrack.deps()
     validation_data: list[ase.Atoms] | None = zntrack.deps(None)
+    calibration_data: list[ase.Atoms] | None = zntrack.deps(None)
+    """Frames an ensemble is calibrated on (a loop passes its own MD frames); None or empty:
+    the validation data."""
     model: Train | None = zntrack.deps(None)
     config: dict = zntrack.params(default_factory=dict)
     """An apax_core training spec (see ``apax-core template train``; no paths)."""
@@ -55,12 +59,19 @@ class Train(zntrack.Node, ModelNode):
             base_model=None if self.model is None else local_model_dir(self.model),
             checkpoint_dir=checkpoints,
             progress_bar=False,
+            calibration_data=[from_atoms(a) for a in self.calibration_data or []],
         )
+        write_labellers(self.model_dir, [*train_frames, *(val_frames or [])])  # for get_spec
         best = json.loads((self.model_dir / "metrics.json").read_text())
         n_val = {} if val_frames is None else {"n_val": len(val_frames)}
-        flagged = json.loads((self.model_dir / SCREENING).read_text())
-        n_flagged = sum(map(len, flagged.values()))
-        self.metrics = {**best, "n_train": len(train_frames), **n_val, "n_implausible": n_flagged}
+        screening = json.loads((self.model_dir / SCREENING).read_text())
+        self.metrics = {
+            **best,
+            "n_train": len(train_frames),
+            **n_val,
+            "n_implausible": sum(map(len, screening["flagged"].values())),
+            "n_missing": len(screening["missing"]),
+        }
         log = pd.read_csv(self.model_dir / "log.csv")
         self.learning_curve = log[["epoch", "train_loss", "val_loss"]]
         shutil.rmtree(checkpoints, ignore_errors=True)  # only once every output is complete

@@ -29,7 +29,13 @@ from apax_core.model import init_params
 from apax_core.model_dir import Model, Variables, load_model, save_config, save_params, save_stats
 from apax_core.precision import with_x64
 from apax_core.predictor import predictor
-from apax_core.train.data import Source, TrainingData, load_training_data
+from apax_core.train.data import (
+    TRAINING_SET,
+    Source,
+    TrainingData,
+    load_training_data,
+    structures_of,
+)
 from apax_core.train.losses import total_loss
 from apax_core.train.metrics import accumulate, error_sums, finalize
 from apax_core.train.optim import epoch_factors, lr_schedule, make_optimizer
@@ -141,7 +147,8 @@ class Setup:
 
 
 SCREENING = "screening.json"
-"""The model directory's record of the implausible structures its data held."""
+"""The model directory's record of the implausible structures its data held ("flagged": per
+source, index -> reason) and of the base model's frames this run lacks ("missing")."""
 
 
 @with_x64
@@ -154,16 +161,20 @@ def train(
     base_model: str | Path | None = None,
     checkpoint_dir: str | Path | None = None,
     progress_bar: bool = True,
+    calibration_data: Source | None = None,
 ) -> Path:
     """Train (or resume training) a model on ``train_data`` and return its model ``directory``.
 
     Data are files or structures; without ``val_data``, ``data.val_fraction`` is held out.
     ``base_model`` (a model directory) warm-starts the run. ``checkpoint_dir`` (default: inside
     the model directory) holds the resume state; a workflow keeps it where a rerun finds it.
+    An ensemble is calibrated on ``calibration_data`` (the regime it will be used in, e.g. a
+    loop's own MD frames), else, or when it is empty, on the validation data.
     """
     directory = Path(directory)
     checkpoint_dir = Path(checkpoint_dir or directory / "checkpoint")
     data = load_training_data(config, train_data, val_data, base_model)  # every input error
+    calibration = calibration_set(config, calibration_data)  # checked before training
     setup, state = _setup(config, data)
     run_id = run_identity(config, data)
     resumed = load_checkpoint(checkpoint_dir, state, run_id)
@@ -198,28 +209,43 @@ def train(
         )
     if not (directory / "params.msgpack").is_file():  # zero epochs run: keep the start point
         save_params(directory, _eval_params(config, state))
-    if config.calibrate and config.model.n_members > 1:
-        _calibrate(directory, data.val)
+    _calibrate(directory, config, calibration or data.val, calibration is not None)
     return directory
 
 
 def _write_inputs(directory: Path, config: TrainConfig, data: TrainingData) -> None:
     """The model directory's run-independent files: spec, statistics, the screening report
-    (implausible structures per source, by index); a stale calibration is removed."""
+    and the frames learned from; a stale calibration is removed."""
     save_config(directory, config)
     save_stats(directory, data.stats)
-    report = {name: {str(k): why for k, why in f.items()} for name, f in data.flagged.items()}
+    flagged = {name: {str(k): why for k, why in f.items()} for name, f in data.flagged.items()}
+    report = {"flagged": flagged, "missing": list(data.missing)}
     atomic_write(directory / SCREENING, json.dumps(report, indent=2))
+    atomic_write(directory / TRAINING_SET, json.dumps(data.training_set()))
     (directory / CALIBRATION).unlink(missing_ok=True)  # fitted anew for these parameters
 
 
-def _calibrate(directory: Path, val: list) -> None:
-    """Fit and store the model's calibration on the validation structures; its factors join
-    the best-epoch metrics."""
-    cal = calibrate_model(load_model(directory), val).calibration
+def calibration_set(config: TrainConfig, source: Source | None) -> list | None:
+    """The calibration structures of ``source`` with the labels the loss needs (checked before
+    training); None for none or an empty source."""
+    if source is None:
+        return None
+    labels = sorted({t.quantity for t in config.loss} | set(config.data.labels))
+    return structures_of(source, labels, "calibration data")[0] or None
+
+
+def _calibrate(directory: Path, config: TrainConfig, structures: list, given: bool) -> None:
+    """Fit and store an ensemble's calibration on ``structures`` (the ``given`` calibration
+    data or the validation data); its factors, their number and origin join the best-epoch
+    metrics."""
+    if not (config.calibrate and config.model.n_members > 1):
+        return
+    cal = calibrate_model(load_model(directory), structures).calibration
     cal.save(directory)
     metrics = json.loads((directory / "metrics.json").read_text())
     metrics |= {"calibration_energy": cal.energy, "calibration_forces": cal.forces}
+    origin = "calibration" if given else "validation"
+    metrics |= {"n_calibration": len(structures), "calibration_set": origin}
     atomic_write(directory / "metrics.json", json.dumps(metrics, indent=2))
 
 
