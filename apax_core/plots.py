@@ -71,3 +71,15 @@ def loop_png(table, path: str | Path) -> Path:
         twin.axhline(1.0, color="tab:red", lw=0.8, alpha=0.5)
         twin.set_ylabel("force mean z^2 (calibrated; ideal 1)", color="tab:red")
     return write_png(fig, path)
+
+
+def rdf_png(table, title: str, path: str | Path) -> Path:
+    """Every ``g_*`` column of ``table`` against its ``r_A`` column."""
+    fig = Figure(figsize=(5, 3.5))
+    ax = fig.add_subplot()
+    for column in (c for c in table.columns if c.startswith("g_")):
+        ax.plot(table["r_A"], table[column], label=column[2:])
+    ax.axhline(1.0, color="k", lw=0.8, alpha=0.5)
+    ax.set(xlabel="r (A)", ylabel="g(r)", title=title)
+    ax.legend()
+    return write_png(fig, path)

@@ -1,12 +1,14 @@
 """ZnTrack nodes for active learning with apax_core. One small file per node; no numerics here."""
 
 from apax_core.labelling import EMTLabeller, GenericLabeller, LJLabeller, XTBLabeller
-from apax_nodes.bootstrap import Bootstrap
+from apax_nodes.bootstrap import Bootstrap, BoundedBootstrap
 from apax_nodes.build_bulk import BuildBulk
+from apax_nodes.build_liquid import BuildLiquid
 from apax_nodes.calibrate import Calibrate
 from apax_nodes.dataset import Dataset
 from apax_nodes.evaluate import Evaluate
 from apax_nodes.label import Label
+from apax_nodes.liquid import LiquidStructure
 from apax_nodes.load_data import LoadData
 from apax_nodes.md import MD
 from apax_nodes.reference_md import ReferenceMD
@@ -17,7 +19,9 @@ from apax_nodes.train import Train
 
 __all__ = [
     "Bootstrap",
+    "BoundedBootstrap",
     "BuildBulk",
+    "BuildLiquid",
     "Calibrate",
     "Dataset",
     "EMTLabeller",
@@ -25,6 +29,7 @@ __all__ = [
     "GenericLabeller",
     "LJLabeller",
     "Label",
+    "LiquidStructure",
     "LoadData",
     "MD",
     "ReferenceMD",

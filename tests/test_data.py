@@ -510,3 +510,44 @@ def test_an_overlapping_frame_no_longer_inflates_the_force_scale(screened_frames
     assert sorted(flagged["training data"]) == [4, 11]
     assert dropped == pytest.approx(reference)
     assert kept > 20 * reference  # 77x with EMT's 2.4 keV/A at 0.2 A
+
+
+def test_a_molecular_box_has_its_density_whole_molecules_and_no_close_contacts():
+    from ase.build import molecule
+    from ase.neighborlist import neighbor_list
+
+    from apax_core.data.liquids import molecular_box
+    from apax_core.errors import InputError
+
+    box = molecular_box("H2O", 16, 0.997, seed=3, min_distance=1.8)
+    grams = box.get_masses().sum() / 6.02214076e23
+    assert grams / (box.get_volume() * 1e-24) == pytest.approx(0.997, rel=1e-9)
+    template = molecule("H2O").get_all_distances()
+    for m in range(16):  # rigid copies, unwrapped
+        assert np.allclose(box[3 * m : 3 * m + 3].get_all_distances(), template)
+    i, j, d = neighbor_list("ijd", box, 1.8)  # through periodic images too
+    assert np.all(i // 3 == j // 3), "atoms of different molecules closer than 1.8 A"
+    assert np.array_equal(molecular_box("H2O", 16, 0.997, seed=3).positions, box.positions)
+    with pytest.raises(InputError, match="no room for molecule"):
+        molecular_box("H2O", 16, 3.0, min_distance=2.5)
+
+
+def test_rdf_is_one_for_an_ideal_gas_and_peaks_at_the_fcc_neighbour_distance():
+    from ase.build import bulk
+
+    from apax_core.errors import InputError
+    from apax_core.liquid import density, first_peak, rdf
+
+    rng = np.random.default_rng(0)
+    gas = [
+        Atoms("Ar" * 200, rng.uniform(0, 12.0, (200, 3)), cell=[12.0] * 3, pbc=True)
+        for _ in range(20)
+    ]
+    r, g = rdf(gas, "Ar", "Ar", 6.0, n_bins=12)
+    assert np.allclose(g[2:], 1.0, atol=0.1), g  # inner bins hold too few pairs to average
+    crystal = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
+    r, g = rdf([crystal], "Cu", "Cu", 5.0, n_bins=250)
+    assert first_peak(r, g)[0] == pytest.approx(3.61 / np.sqrt(2), abs=0.02)
+    assert density(crystal) == pytest.approx(4 * 63.546 / 6.02214076e23 / 3.61**3 * 1e24)
+    with pytest.raises(InputError, match="exceeds half the cell's smallest height"):
+        rdf([crystal], "Cu", "Cu", 6.0)
