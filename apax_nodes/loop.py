@@ -22,6 +22,7 @@ from pydantic import TypeAdapter
 from apax_core.config import Executor
 from apax_nodes.dataset import Dataset
 from apax_nodes.evaluate import Evaluate
+from apax_nodes.grow import Until
 from apax_nodes.label import Label
 from apax_nodes.md import MD, md_config
 from apax_nodes.report import Report
@@ -46,8 +47,12 @@ class LoopSettings:
     """Where the walkers run (serial, processes or dask)."""
     n_select: int = 8
     val_fraction: float = 0.25
-    """Share of each iteration's labelled frames that joins the validation set, on which every
-    model is calibrated (the paper adds 20 training + 10 validation frames per iteration)."""
+    """Share of each iteration's labelled frames that joins the validation set (the paper adds
+    20 training + 10 validation frames per iteration). These frames of the loop's own MD are
+    also the calibration set of every later model; iteration 0 calibrates on the initial
+    validation data."""
+    max_calibration: int | None = None
+    """Calibrate on at most this many of those frames, the newest; None: all of them."""
     select_method: dict = field(default_factory=lambda: {"kind": "max_distance"})
     label_executor: dict = field(default_factory=lambda: {"kind": "serial"})
     """Where each iteration's reference calculations run (serial, processes or dask)."""
@@ -61,6 +66,8 @@ class LoopSettings:
             raise ValueError(f"n_select must be at least 1, got {self.n_select}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.max_calibration is not None and self.max_calibration < 1:
+            raise ValueError(f"max_calibration must be at least 1, got {self.max_calibration}")
         for name, spec in (("train", self.train), ("warm_train", self.warm_train or self.train)):
             try:
                 train_spec(spec)
@@ -84,28 +91,34 @@ def build_loop(
     start_structures: zntrack.Node,
     labeller,
     name: str | None = None,
+    until: Until | dict | None = None,
 ) -> list[dict[str, zntrack.Node]]:
     """Add the loop's stages to ``project``; returns the nodes of every iteration.
 
     ``name`` prefixes the stages (``cu_iter3_Train``), so several loops live in one project
     with names that do not depend on the order they are built in; None: ``iter3_Train``.
+    ``until`` is the criterion by which the Report judges the loop done (see
+    :func:`apax_nodes.grow.grow`, which appends iterations until it holds).
 
     Nodes, not frames, are passed in: a ``frames`` connection exists only inside a graph
     context, so it is made here, inside each iteration's group. ``initial_data`` has labelled
     ``frames`` and ``val_frames`` (a Split); ``test_data`` and ``start_structures`` have
-    ``frames``. Each iteration's Dataset grows both sets; each Train validates (and calibrates
-    its ensemble) on the current validation set.
+    ``frames``. Each iteration's Dataset grows both sets; each Train validates on the current
+    validation set and calibrates its ensemble on the validation frames from the loop's own MD
+    (iteration 0, which has none, on the initial validation data).
     """
     settings.validate()
-    if name is not None and (not name or "_" in name):
-        raise ValueError(f"loop name must be non-empty without '_', got {name!r}")
-    prefix = () if name is None else (name,)
+    prefix = loop_prefix(project, name)
     iterations, dataset, model = [], initial_data, None
     for i in range(settings.n_iterations + 1):
         with project.group(*prefix, f"iter{i}"):
             config = settings.train if model is None else settings.warm_train or settings.train
             train = Train(
-                data=dataset.frames, validation_data=dataset.val_frames, model=model, config=config
+                data=dataset.frames,
+                validation_data=dataset.val_frames,
+                calibration_data=dataset.calibration_frames if model is not None else None,
+                model=model,
+                config=config,
             )
             nodes = {"train": train, "evaluate": Evaluate(model=train, data=test_data.frames)}
             if i < settings.n_iterations:
@@ -118,9 +131,25 @@ def build_loop(
             **{
                 f"{key}s": [it[key] for it in iterations if key in it]
                 for key in ("train", "evaluate", "md", "select", "label")
-            }
+            },
+            until=None if until is None else Until.model_validate(until).model_dump(),
         )
     return iterations
+
+
+def loop_prefix(project: zntrack.Project, name: str | None) -> tuple[str, ...]:
+    """The group prefix of a loop's stages; a ValueError when the name is malformed or a loop
+    of that name (or a second unnamed one) is in ``project`` already: ZnTrack would rename
+    the second loop's stages with ``_1`` suffixes that depend on the build order."""
+    if name is not None and (not name or "_" in name):
+        raise ValueError(
+            f"loop name {name!r}: use a non-empty name without '_' (stage names join with '_')"
+        )
+    prefix = () if name is None else (name,)
+    if (*prefix, "iter0") in project.groups:
+        which = "an unnamed loop" if name is None else f"a loop named {name!r}"
+        raise ValueError(f"this project has {which} already; give each loop its own name=")
+    return prefix
 
 
 def _sampling(settings: LoopSettings, i: int, train, dataset, start_structures, labeller):
@@ -141,5 +170,11 @@ def _sampling(settings: LoopSettings, i: int, train, dataset, start_structures, 
         method=settings.select_method,
     )
     label = Label(data=select.frames, labeller=labeller, executor=settings.label_executor)
-    grown = Dataset(previous=dataset, new=label.frames, val_fraction=settings.val_fraction, seed=i)
+    grown = Dataset(
+        previous=dataset,
+        new=label.frames,
+        val_fraction=settings.val_fraction,
+        max_calibration=settings.max_calibration,
+        seed=i,
+    )
     return {"md": md, "select": select, "label": label, "dataset": grown}

@@ -10,6 +10,7 @@ import zntrack
 
 from apax_core.plots import loop_png
 from apax_nodes.errors import one_line_errors
+from apax_nodes.grow import Until, verdict
 
 COLUMNS = {
     "iteration": "iter",
@@ -18,12 +19,15 @@ COLUMNS = {
     "test_energy_mae": "E MAE meV/atom",
     "test_forces_mae": "F MAE meV/A",
     "forces_z2": "F z^2",
+    "forces_spearman": "F rho",
+    "calibration": "cal on",
     "forces_miscal": "F miscal",
     "md": "MD",
     "selected": "selected",
     "labelled": "labelled",
     "failed": "failed",
     "implausible": "implausible",
+    "missing": "missing",
 }
 """Report keys and their column headers."""
 
@@ -39,15 +43,29 @@ def iteration_row(i: int, train, evaluate, md=None, select=None, label=None) -> 
         "test_forces_mae": test.get("forces_mae"),
         "forces_z2": test.get("mean_z2_forces"),
         "forces_miscal": test.get("miscal_area_forces"),
+        "forces_spearman": test.get("spearman_forces_per_atom"),
+        "calibration": calibration_cell(train.metrics),
         "implausible": train.metrics.get("n_implausible"),
+        "missing": train.metrics.get("n_missing"),
     }
     if md is not None:
         row["md"] = md_cell(md.status)
+        row["n_md_walkers"] = md.status.get("n_walkers", 1)
+        row["n_md_stopped"] = md.status.get("n_stopped", int(md.status.get("stopped", False)))
         picked = select.metrics
         row["selected"] = f"{picked['n_selected']}/{picked['n_selected'] + picked['shortfall']}"
         row["labelled"] = label.metrics["n_labelled"]
         row["failed"] = label.metrics["n_failed"]
     return row
+
+
+def calibration_cell(metrics: dict) -> str | None:
+    """``6 MD`` (the loop's own MD frames) or ``3 val`` (the validation set); None without a
+    calibration."""
+    if "n_calibration" not in metrics:
+        return None
+    origin = "MD" if metrics.get("calibration_set") == "calibration" else "val"
+    return f"{metrics['n_calibration']} {origin}"
 
 
 def md_cell(status: dict) -> str:
@@ -87,6 +105,8 @@ class Report(zntrack.Node):
     mds: list = zntrack.deps()
     selects: list = zntrack.deps()
     labels: list = zntrack.deps()
+    until: dict | None = zntrack.params(None)
+    """When the loop is done (an :class:`apax_nodes.grow.Until`); None: no criterion."""
     metrics: dict = zntrack.metrics()
     progress: pd.DataFrame = zntrack.plots(x="n_labels", y=["test_forces_mae", "forces_z2"])
     plots_dir: Path = zntrack.outs_path(zntrack.nwd / "plots")
@@ -109,9 +129,20 @@ class Report(zntrack.Node):
         table["n_labels"] = table["n_train"] + table["n_val"].fillna(0)
         self.progress = table
         self.metrics = {k: v for k, v in rows[-1].items() if isinstance(v, int | float)}
+        if self.until is not None:
+            done, why = verdict(rows, Until.model_validate(self.until))
+            self.metrics["done"] = int(done)
         self.plots_dir.mkdir(parents=True, exist_ok=True)
         loop_png(table, self.plots_dir / "progress.png")
         print(format_table(rows))
+        if self.until is not None:
+            print(why)
+
+    def verdict(self) -> str | None:
+        """Why the loop is done or not, by its ``until`` criterion (None without one)."""
+        if self.until is None:
+            return None
+        return verdict(self.rows, Until.model_validate(self.until))[1]
 
     @property
     def rows(self) -> list[dict]:

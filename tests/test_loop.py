@@ -38,7 +38,7 @@ MD = {
 }
 
 
-def graph(n_iterations: int):
+def graph(n_iterations: int, md: dict = MD, n_walkers: int = 2, until: dict | None = None):
     project = zntrack.Project()
     with project.group("data"):
         crystal = an.BuildBulk(element="Cu", repeat=[3, 3, 3], vacancies=1)
@@ -52,9 +52,10 @@ def graph(n_iterations: int):
         n_iterations=n_iterations,
         train=SHALLOW,
         warm_train={**SHALLOW, "warm_start": {"freeze": ["representation"]}},
-        md=MD,
-        n_walkers=2,
+        md=md,
+        n_walkers=n_walkers,
         n_select=3,
+        val_fraction=0.5,  # of 2 picks, 1 joins the validation set and calibrates iter1
     )
     build_loop(
         project,
@@ -63,6 +64,7 @@ def graph(n_iterations: int):
         test_data=test,
         start_structures=crystal,
         labeller=an.EMTLabeller(),
+        until=until,
     )
     build(project)
 
@@ -90,7 +92,8 @@ def test_loop_runs_and_warm_starts(loop_repo):
         status, walkers = md.status, [f.info["walker"] for f in md.frames]
         select = zntrack.from_rev("iter0_Select")
         picked, select_metrics = select.selected_ids, select.metrics  # read lazily, from here
-        n_data = len(zntrack.from_rev("iter0_Dataset").frames)
+        dataset = zntrack.from_rev("iter0_Dataset")
+        n_data, calibration = len(dataset.frames), dataset.calibration_frames
     key = ("representation", "radial_coeffs")
     assert np.array_equal(a.params[key[0]][key[1]], b.params[key[0]][key[1]])  # warm, frozen
     # ... while the readout continued training, on the grown dataset
@@ -100,12 +103,17 @@ def test_loop_runs_and_warm_starts(loop_repo):
     assert status["reasons"] == {"forces_uncertainty": 2}
     assert walkers == [0, 1]  # each walker keeps the frame that fired, tagged
     assert picked == [0, 1] and select_metrics["shortfall"] == 1
-    assert n_data == 4 + 2 and n_train == (4, n_data)
+    assert n_data == 4 + 1 and n_train == (4, n_data)
+    # iter0 calibrates on the initial validation data, iter1 on the loop's own MD frame
+    assert "walker" in calibration[0].info  # an MD frame, not a bootstrap one
+    cal = [(m["n_calibration"], m["calibration_set"]) for m in (first.metrics, second.metrics)]
+    assert cal == [(1, "validation"), (1, "calibration")] and len(calibration) == 1
     assert not list(root.glob("nodes/**/md_checkpoint.npz"))  # resume state stays out of outs
     table = sh("apax-nodes", "report", cwd=root).splitlines()
     assert table[0] == "Report:" and "F MAE meV/A" in table[1]
     assert [line.split()[0] for line in table[2:4]] == ["0", "1"]  # one row per iteration
     assert "2/2 stopped (forces_uncertainty)" in table[2]
+    assert "1 val" in table[2] and "1 MD" in table[3]
     shown = json.loads(sh("dvc", "metrics", "show", "--json", cwd=root))
     assert {f for rev in shown.values() for f in rev["data"]} == {"nodes/Report/metrics.json"}
     assert (root / "nodes/Report/plots/progress.png").is_file()
@@ -122,7 +130,7 @@ def test_stages_depend_on_the_grown_dataset_and_models_answer_mlipx(loop_repo):
     with inside(root):
         node = zntrack.from_rev("iter0_Train")
         assert node.available  # the engine imports here
-        assert node.get_spec() is None  # the labeller's method is not recorded
+        assert node.get_spec()["data"]["method"] == {"functional": "EMT"}  # its labeller
         atoms = zntrack.from_rev("data_Label").frames[0]
         atoms.calc = node.get_calculator()
         assert np.isfinite(atoms.get_potential_energy())
@@ -200,7 +208,7 @@ def test_appending_an_iteration_runs_only_the_new_stages(loop_repo):
 
 def test_named_loops_keep_their_stage_names_in_any_build_order(tmp_path):
     def names(order):
-        root = init_repo(tmp_path / "-".join(order))
+        root = init_repo(tmp_path / "-".join(str(n) for n in order))
         with inside(root):
             project = zntrack.Project()
             with project.group("data"):
@@ -224,6 +232,13 @@ def test_named_loops_keep_their_stage_names_in_any_build_order(tmp_path):
     assert forward == backward
     assert {"cu_iter0_Train", "ag_iter1_Evaluate", "cu_iter0_Select"} <= forward
     assert not any(n.endswith("_1") for n in forward)
+    # a second loop of one name, or a second unnamed loop, once got `_1` stage names
+    with pytest.raises(ValueError, match="has a loop named 'cu' already"):
+        names(["cu", "cu"])
+    with pytest.raises(ValueError, match="has an unnamed loop already"):
+        names([None, None])
+    with pytest.raises(ValueError, match=r"loop name 'cu_2': .* without '_'"):
+        names(["cu_2"])
 
 
 def test_the_committed_default_loop_is_what_example_project_main_writes(tmp_path):
@@ -237,3 +252,57 @@ def test_the_committed_default_loop_is_what_example_project_main_writes(tmp_path
     sh(sys.executable, str(root / "example_project" / "main.py"), cwd=fresh)
     for name in ("dvc.yaml", "params.yaml", "zntrack.json"):
         assert (fresh / name).read_text() == (root / name).read_text(), name
+
+
+QUIET_MD = {**MD, "checks": [], "duration": 100.0}
+"""MD that always runs to its end: the loop can be judged done."""
+
+
+def test_grow_stops_by_its_criterion_and_at_the_maximum(tmp_path):
+    from apax_nodes.grow import grow
+
+    def builder(until):
+        return lambda n: graph(n, md=QUIET_MD, n_walkers=1, until=until)
+
+    root = init_repo(tmp_path / "grow")
+    easy = {"patience": 1, "force_change_percent": 1e6, "max_iterations": 3}
+    with inside(root):
+        n, why = grow(builder(easy))
+    assert n == 1 and why.startswith("done: iteration 0: walkers ran to the end"), why
+    never = {**easy, "force_change_percent": 0.0, "max_iterations": 2}  # no change is < 0 %
+    with inside(root):
+        n, why = grow(builder(never))
+        report = zntrack.from_rev("Report")
+        assert report.metrics["done"] == 0 and report.verdict() == why
+    assert n == 2 and why.startswith("stopped at the maximum of 2 iterations (iteration 1: test F")
+    # the grown graph is the one build_loop writes for that number of iterations
+    fresh = init_repo(tmp_path / "fresh")
+    with inside(fresh):
+        builder(never)(2)
+    for name in ("dvc.yaml", "params.yaml", "zntrack.json"):
+        assert (fresh / name).read_text() == (root / name).read_text(), name
+
+
+def test_the_verdict_needs_patience_quiet_iterations_in_a_row():
+    from apax_nodes.grow import Until, verdict
+
+    def row(stopped, mae):
+        return {"n_md_stopped": stopped, "n_md_walkers": 2, "test_forces_mae": mae}
+
+    rows = [row(0, 100.0), row(1, 90.0), row(0, 88.0), {"test_forces_mae": 87.0}]
+    assert verdict(rows, Until(patience=1)) == (
+        True,
+        "done: iteration 2: walkers ran to the end, test F MAE changed 1.1 %",
+    )
+    assert verdict(rows, Until(patience=2)) == (
+        False,
+        "not done (iteration 1: 1/2 walkers stopped early)",
+    )
+    assert verdict(rows, Until(patience=2, max_iterations=3))[1].startswith(
+        "stopped at the maximum of 3 iterations (iteration 1: 1/2"
+    )
+    assert verdict(rows, Until(patience=1, force_change_percent=1.0)) == (
+        False,
+        "not done (iteration 2: test F MAE changed 1.1 % (>= 1 %))",
+    )
+    assert verdict(rows[:2], Until(patience=2))[1] == "not done: 1 iterations, 2 quiet ones needed"
