@@ -306,3 +306,14 @@ def test_the_verdict_needs_patience_quiet_iterations_in_a_row():
         "not done (iteration 2: test F MAE changed 1.1 % (>= 1 %))",
     )
     assert verdict(rows[:2], Until(patience=2))[1] == "not done: 1 iterations, 2 quiet ones needed"
+
+
+def test_grow_names_a_missing_script_and_a_failing_build(tmp_path, monkeypatch, capsys):
+    from apax_nodes.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["grow", "nowhere.py"]) == 2
+    assert "no script nowhere.py" in capsys.readouterr().err
+    (tmp_path / "broken.py").write_text("raise SystemExit(3)\n")
+    assert main(["grow", "broken.py", "--start", "2"]) == 3
+    assert "broken.py --iterations 2 failed (exit 3)" in capsys.readouterr().err
