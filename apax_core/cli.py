@@ -198,10 +198,12 @@ def _cmd_calibrate(args) -> int:
 
     model = load_model(args.model)
     structures = [from_atoms(a) for a in read_frames(args.data)]
-    cal = calibrate_model(model, structures, batch_size=args.batch_size).calibration
+    cal = calibrate_model(model, structures, args.batch_size, args.family).calibration
     cal.save(args.model)
+    scores = ", ".join(f"{f} {nll:.4g}" for f, nll in cal.held_out_nll)
+    print(f"held-out force NLL: {scores or 'not scored (fewer than 2 structures)'}")
     print(
-        f"energy factor {cal.energy:.4g}, forces factor {cal.forces:.4g}: "
+        f"{cal.family} family, energy factor {cal.energy:.4g}, forces factor {cal.forces:.4g}: "
         f"wrote {Path(args.model) / 'calibration.json'}"
     )
     return 0
@@ -355,6 +357,12 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("model", help="model directory (its calibration.json is updated)")
     c.add_argument("data", help="labelled validation structures")
     c.add_argument("--batch-size", type=int, default=16)
+    c.add_argument(
+        "--family",
+        choices=["auto", "global", "per_element", "power"],
+        default="global",
+        help="calibration law; auto: lowest held-out force NLL (default global)",
+    )
     c.set_defaults(fn=_cmd_calibrate)
 
     m = sub.add_parser("md", help="molecular dynamics with the JAX engine (resumes if interrupted)")

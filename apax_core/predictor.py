@@ -74,9 +74,9 @@ def predictor(
 
     def predict(variables: Variables, s: Batch) -> dict:
         out = compute(variables.params, s)
-        for t in (*transforms, variables.calibration):
+        for t in transforms:
             out = t.results(out)
-        return out
+        return variables.calibration.results(out, s.Z)  # per-element factors need Z
 
     return predict
 

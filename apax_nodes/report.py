@@ -60,12 +60,13 @@ def iteration_row(i: int, train, evaluate, md=None, select=None, label=None) -> 
 
 
 def calibration_cell(metrics: dict) -> str | None:
-    """``6 MD`` (the loop's own MD frames) or ``3 val`` (the validation set); None without a
-    calibration."""
+    """``6 MD`` (the loop's own MD frames) or ``3 val`` (the validation set), followed by the
+    calibration family unless it is global; None without a calibration."""
     if "n_calibration" not in metrics:
         return None
     origin = "MD" if metrics.get("calibration_set") == "calibration" else "val"
-    return f"{metrics['n_calibration']} {origin}"
+    family = metrics.get("calibration_family", "global")
+    return f"{metrics['n_calibration']} {origin}" + ("" if family == "global" else f" {family}")
 
 
 def md_cell(status: dict) -> str:

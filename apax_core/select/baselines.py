@@ -62,7 +62,8 @@ def uncertainties(
 ) -> np.ndarray:
     """Per-structure uncertainty, (n_structures,): the energy standard deviation over the
     members (eV; a forward pass), or the largest norm of an atom's force standard deviations
-    (eV/A; member forces). Calibrated, which rescales but never reorders them."""
+    (eV/A; member forces). Calibrated: a global calibration rescales without reordering, a
+    per-element or power-law one (``calibration_family``) may reorder them."""
     if model.config.n_members < 2:
         raise InputError("uncertainty needs an ensemble model (config.model.ensemble)")
     mode = "energy" if quantity == "energy" else "uncertainty"

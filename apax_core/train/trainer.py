@@ -236,14 +236,16 @@ def calibration_set(config: TrainConfig, source: Source | None) -> list | None:
 
 def _calibrate(directory: Path, config: TrainConfig, structures: list, given: bool) -> None:
     """Fit and store an ensemble's calibration on ``structures`` (the ``given`` calibration
-    data or the validation data); its factors, their number and origin join the best-epoch
-    metrics."""
+    data or the validation data) in the config's family; its factors, family, number and
+    origin join the best-epoch metrics."""
     if not (config.calibrate and config.model.n_members > 1):
         return
-    cal = calibrate_model(load_model(directory), structures).calibration
+    family = config.calibration_family
+    cal = calibrate_model(load_model(directory), structures, family=family).calibration
     cal.save(directory)
     metrics = json.loads((directory / "metrics.json").read_text())
     metrics |= {"calibration_energy": cal.energy, "calibration_forces": cal.forces}
+    metrics |= {"calibration_family": cal.family}
     origin = "calibration" if given else "validation"
     metrics |= {"n_calibration": len(structures), "calibration_set": origin}
     atomic_write(directory / "metrics.json", json.dumps(metrics, indent=2))

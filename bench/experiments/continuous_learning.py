@@ -68,7 +68,7 @@ def fit(frames, val, epochs: int, directory: Path, base: Path | None) -> tuple[P
 def test_metrics(model_dir: Path, test_s: list) -> dict:
     model = load_model(model_dir)
     preds = predict(model, test_s, mode="uncertainty")
-    raw = uncertainty_metrics(uncalibrated(preds, model.calibration), test_s)
+    raw = uncertainty_metrics(uncalibrated(preds, model.calibration, test_s), test_s)
     return (
         error_metrics(preds, test_s)
         | uncertainty_metrics(preds, test_s)
