@@ -58,6 +58,24 @@ def reliability_png(
     return write_png(fig, path)
 
 
+def rmse_vs_rmv_png(
+    curves: dict[str, tuple[np.ndarray, np.ndarray]], title: str, path: str | Path
+) -> Path:
+    """Binned force RMSE against root mean variance, one line per element (``curves``: symbol
+    -> (rmv, rmse) in eV/A), log-log with the diagonal (ideal)."""
+    fig = Figure(figsize=(4, 4))
+    ax = fig.add_subplot()
+    for element, (rmv, rmse) in curves.items():
+        ax.plot(rmv, rmse, "o-", ms=3, label=element)
+    values = np.concatenate([np.concatenate(c) for c in curves.values()] + [np.ones(0)])
+    values = values[values > 0]
+    lo, hi = (values.min(), values.max()) if values.size else (1e-3, 1.0)
+    ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="ideal")
+    ax.set(xscale="log", yscale="log", xlabel="RMV (eV/A)", ylabel="RMSE (eV/A)", title=title)
+    ax.legend()
+    return write_png(fig, path)
+
+
 def loop_png(table, path: str | Path) -> Path:
     """Test force error and calibrated force z^2 of each iteration against the labels so far
     (``table`` has columns n_labels, test_forces_mae, forces_z2)."""

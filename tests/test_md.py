@@ -447,6 +447,14 @@ def udd_config(checks=()):
     )
 
 
+def record_threshold(values):
+    """(k, threshold): a threshold between the running maximum of ``values`` and a later record
+    ``values[k]`` (past the first third), so a stop check fires exactly at frame k."""
+    running = np.maximum.accumulate(values)
+    k = next(i for i in range(len(values) // 3, len(values)) if values[i] > running[i - 1])
+    return k, 0.5 * (running[k - 1] + values[k])
+
+
 def test_uncertainty_stop_fires_at_the_threshold(shallow, udd_calc, tmp_path):
     atoms = cu108()
     free = run_md(shallow, atoms, udd_config(), tmp_path / "free")
@@ -466,10 +474,7 @@ def test_uncertainty_stop_fires_at_the_threshold(shallow, udd_calc, tmp_path):
         atol=1e-9,
     )
 
-    # A threshold between the running maximum and a later record stops exactly there.
-    running = np.maximum.accumulate(sigma)
-    k = next(i for i in range(len(sigma) // 3, len(sigma)) if sigma[i] > running[i - 1])
-    threshold = 0.5 * (running[k - 1] + sigma[k])
+    k, threshold = record_threshold(sigma)
     check = {"kind": "energy_uncertainty", "threshold": threshold, "per_atom": True}
     stopped = run_md(shallow, atoms, udd_config([check]), tmp_path / "stop")
     status = json.loads((tmp_path / "stop" / "md_status.json").read_text())
@@ -499,6 +504,40 @@ def test_uncertainty_stop_fires_at_the_threshold(shallow, udd_calc, tmp_path):
     assert np.array_equal(
         np.array([f.positions for f in kept]), np.array([f.positions for f in frames[: k + 1]])
     )
+
+
+def test_calibrated_thresholds_stop_where_raw_ones_divided_by_the_factor(shallow, tmp_path):
+    """Stop thresholds compare the calibrated sigma: a model with calibration factor f stops at
+    the same frame as the same model uncalibrated with the threshold divided by f. UDD biases
+    the raw spread, so both walk the same trajectory."""
+    f_energy, f_forces = 2.7, 0.35
+    calibrated = dataclasses.replace(
+        shallow, calibration=Calibration(energy=f_energy, forces=f_forces)
+    )
+    atoms = cu108()
+    free = read_trajectory(run_md(shallow, atoms, udd_config(), tmp_path / "free").trajectory)
+    raw_sigma = {
+        "energy_uncertainty": [f.calc.results["energy_uncertainty"] / len(atoms) for f in free],
+        "forces_uncertainty": [
+            np.linalg.norm(f.calc.results["forces_uncertainty"], axis=-1).max() for f in free
+        ],
+    }
+    for kind, factor in (("energy_uncertainty", f_energy), ("forces_uncertainty", f_forces)):
+        k, raw_threshold = record_threshold(np.array(raw_sigma[kind]))
+        runs = [
+            run_md(model, atoms, udd_config([{"kind": kind, "threshold": t}]), tmp_path / name)
+            for model, t, name in (
+                (shallow, raw_threshold, f"{kind}_raw"),
+                (calibrated, factor * raw_threshold, f"{kind}_calibrated"),
+            )
+        ]
+        raw, cal = (read_trajectory(r.trajectory) for r in runs)
+        assert [r.status["reason"] for r in runs] == [kind, kind]
+        assert len(raw) == len(cal) == k + 1
+        assert np.array_equal(np.array([a.positions for a in raw]), [a.positions for a in cal])
+        detail = runs[1].status["stop_detail"]
+        assert detail["value"] == pytest.approx(factor * raw_sigma[kind][k], rel=1e-10)
+        assert detail["threshold"] == pytest.approx(factor * raw_threshold, rel=1e-12)
 
 
 def test_reason_codes():

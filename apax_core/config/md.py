@@ -256,7 +256,14 @@ StopCheck = Annotated[
 
 
 class UDDConfig(Strict):
-    """Uncertainty-driven dynamics bias (paper eq. 9): E_b = A [exp(-sigma_E^2 / (M N B^2)) - 1]."""
+    """Uncertainty-driven dynamics bias (paper eq. 9): E_b = A [exp(-sigma_E^2 / (M N B^2)) - 1].
+
+    sigma_E is the raw ensemble spread, not the calibrated one, unlike the stop checks': the
+    bias is an energy hook and the calibration the last results hook. Kept so on purpose: eq. 9
+    is written for the ensemble spread; a recalibrated model then walks the same trajectory
+    (a calibration changes what is reported and when a check fires, never the dynamics); and
+    the bias stays smooth where members agree for any calibration. With a global energy factor
+    f, a bias on the calibrated spread with width B equals this one with width B / f."""
 
     height: PositiveFloat = 1.0
     """A in eV: the depth of the bias (its value at infinite uncertainty is -A)."""
