@@ -198,9 +198,9 @@ def water(data: dict, image: str) -> str:
         f"sees. Sum of the stage run times {sum(times.values()) / 60:.1f} min on 2 cores, of "
         f"which xTB reference MD {reference / 60:.1f} min.",
         "",
-        "| iter | n_train | n_cal | test F MAE (meV/A) | F z^2 calibrated | F z^2 uncalibrated "
-        "| F Spearman per atom | MD |",
-        "|---|---|---|---|---|---|---|---|",
+        "| iter | n_train | calibrated on | test F MAE (meV/A) | F z^2 calibrated "
+        "| F z^2 uncalibrated | F Spearman per atom | stress MAE (meV/A^3) | MD |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in data["rows"]:
         cells = [
@@ -211,23 +211,42 @@ def water(data: dict, image: str) -> str:
             _fmt(r["forces_z2"], 2),
             _fmt(r.get("uncal_forces_z2"), 2),
             _fmt(r.get("forces_spearman"), 2),
+            _fmt(r.get("stress_mae"), 2),
             r.get("md") or "-",
         ]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    liquid = data["liquid"]
+    liquid, xtb = data["liquid"], data["xtb_test_pressure_bar"]
+    status = liquid["md_status"]
+    ran = f"{status['time_fs'] / 1000:.1f} ps" + (
+        f", stopped: {status['first_stop']}" if status.get("stopped") else ""
+    )
+    if status.get("reason") == "volume":
+        ran += "; the box was still changing: not an equilibrium density"
     lines += [
         "",
         f"- Loop: {data['verdict']}.",
-        f"- Final model, 20 ps NPT at 300 K and 1 bar (second half): density "
-        f"{liquid['density_g_cm3']:.3f} +- {liquid['density_std']:.3f} g/cm^3 (experiment "
-        f"{data['experimental_density']}; no GFN2-xTB NPT reference was affordable here), O-O "
-        f"g(r) first peak at {liquid['OO_first_peak_A']:.2f} A (height "
-        f"{liquid['OO_first_peak_g']:.2f}).",
+        f"- Final model, NPT at 300 K and 1 bar ({ran}; the second half of its frames): density "
+        f"{liquid['density_g_cm3']:.3f} +- {liquid['density_std']:.3f} g/cm^3, O-O g(r) first "
+        f"peak at {liquid['OO_first_peak_A']:.2f} A (height {liquid['OO_first_peak_g']:.2f}). "
+        f"Experiment: {data['experimental_density']} g/cm^3. No GFN2-xTB NPT reference was "
+        "affordable here; what xTB says instead: its pressure on the test frames (0.997 "
+        f"g/cm^3, 330 K) is {xtb['mean']:.0f} +- {xtb['sem']:.0f} bar, so xTB water at 1 bar "
+        f"is {_density_reading(xtb)} the experiment's.",
         "",
         f"![water g(r)]({image})",
         "",
     ]
     return "\n".join(lines)
+
+
+def _density_reading(pressure: dict) -> str:
+    """What a pressure at the experimental density (mean +- standard error, bar) says about the
+    density at 1 bar: positive -> the liquid would expand."""
+    if pressure["mean"] - 2 * pressure["sem"] > 0:
+        return "less dense than"
+    if pressure["mean"] + 2 * pressure["sem"] < 0:
+        return "denser than"
+    return "within this test's resolution of"
 
 
 SECTIONS = {

@@ -16,7 +16,9 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import yaml
+from scipy.stats import sem
 
 from apax_core.files import atomic_write
 
@@ -46,18 +48,30 @@ def collect(repo: Path) -> dict:
     os.chdir(repo)
     try:
         rows = zntrack.from_rev("Report").rows
-        uncal = [
-            zntrack.from_rev(f"iter{i}_Evaluate").metrics.get("uncal_mean_z2_forces")
-            for i in range(len(rows))
-        ]
+        for i, row in enumerate(rows):
+            test = zntrack.from_rev(f"iter{i}_Evaluate").metrics
+            row["uncal_forces_z2"] = test.get("uncal_mean_z2_forces")
+            row["stress_mae"] = test.get("stress_mae")
         liquid = zntrack.from_rev("final_LiquidStructure").metrics
+        liquid["md_status"] = zntrack.from_rev("final_MD").status
         verdict = zntrack.from_rev("Report").verdict()
+        pressures = [pressure_bar(a) for a in zntrack.from_rev("data_ReferenceMD").frames]
     finally:
         os.chdir(cwd)
-    for row, z2 in zip(rows, uncal, strict=True):
-        row["uncal_forces_z2"] = z2
     rows = [{k: _plain(v) for k, v in row.items()} for row in rows]
-    return {"rows": rows, "liquid": liquid, "verdict": verdict, "stage_s": stage_times(repo)}
+    xtb = {"mean": float(np.mean(pressures)), "sem": float(sem(pressures))}
+    return {
+        "rows": rows,
+        "liquid": liquid,
+        "verdict": verdict,
+        "stage_s": stage_times(repo),
+        "xtb_test_pressure_bar": xtb,
+    }
+
+
+def pressure_bar(atoms) -> float:
+    """-trace(stress)/3 of a labelled frame in bar (1 eV/A^3 = 1.602e6 bar)."""
+    return float(-np.mean(atoms.get_stress()[:3]) * 1.602176634e6)
 
 
 def _plain(value):
