@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import zntrack
 from pydantic import TypeAdapter
 
-from apax_core.config import Executor
+from apax_core.config import ConfigError, Executor
 from apax_nodes.dataset import Dataset
 from apax_nodes.evaluate import Evaluate
 from apax_nodes.grow import Until
@@ -58,28 +58,35 @@ class LoopSettings:
     """Where each iteration's reference calculations run (serial, processes or dask)."""
 
     def validate(self) -> None:
-        if self.n_iterations < 1:
-            raise ValueError(f"n_iterations must be at least 1, got {self.n_iterations}")
-        if self.n_walkers < 1:
-            raise ValueError(f"n_walkers must be at least 1, got {self.n_walkers}")
-        if self.n_select < 1:
-            raise ValueError(f"n_select must be at least 1, got {self.n_select}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.max_calibration is not None and self.max_calibration < 1:
-            raise ValueError(f"max_calibration must be at least 1, got {self.max_calibration}")
-        for name, spec in (("train", self.train), ("warm_train", self.warm_train or self.train)):
+        """A :class:`ConfigError` naming the field, before any stage is written."""
+        checks = (
+            ("n_iterations", self.n_iterations >= 1, "must be at least 1"),
+            ("n_walkers", self.n_walkers >= 1, "must be at least 1"),
+            ("n_select", self.n_select >= 1, "must be at least 1"),
+            ("val_fraction", 0.0 <= self.val_fraction < 1.0, "must be in [0, 1)"),
+            (
+                "max_calibration",
+                self.max_calibration is None or self.max_calibration >= 1,
+                "must be at least 1",
+            ),
+        )
+        for name, ok, rule in checks:
+            if not ok:
+                raise ConfigError(f"LoopSettings.{name} {rule}, got {getattr(self, name)!r}")
+        for name, check in (
+            ("train", lambda: train_spec(self.train)),
+            ("warm_train", lambda: train_spec(self.warm_train or self.train)),
+            ("md", lambda: md_config(self.md)),
+            ("select_method", lambda: selection_method(self.select_method)),
+            *(
+                (n, lambda n=n: TypeAdapter(Executor).validate_python(getattr(self, n)))
+                for n in ("label_executor", "md_executor")
+            ),
+        ):
             try:
-                train_spec(spec)
+                check()
             except ValueError as err:
-                raise ValueError(f"LoopSettings.{name}: {err}") from None
-        md_config(self.md)
-        selection_method(self.select_method)
-        for name in ("label_executor", "md_executor"):
-            try:
-                TypeAdapter(Executor).validate_python(getattr(self, name))
-            except ValueError as err:
-                raise ValueError(f"LoopSettings.{name}: {err}") from None
+                raise ConfigError(f"LoopSettings.{name}: {err}") from None
 
 
 def build_loop(
@@ -138,17 +145,17 @@ def build_loop(
 
 
 def loop_prefix(project: zntrack.Project, name: str | None) -> tuple[str, ...]:
-    """The group prefix of a loop's stages; a ValueError when the name is malformed or a loop
+    """The group prefix of a loop's stages; a ConfigError when the name is malformed or a loop
     of that name (or a second unnamed one) is in ``project`` already: ZnTrack would rename
     the second loop's stages with ``_1`` suffixes that depend on the build order."""
     if name is not None and (not name or "_" in name):
-        raise ValueError(
+        raise ConfigError(
             f"loop name {name!r}: use a non-empty name without '_' (stage names join with '_')"
         )
     prefix = () if name is None else (name,)
     if (*prefix, "iter0") in project.groups:
         which = "an unnamed loop" if name is None else f"a loop named {name!r}"
-        raise ValueError(f"this project has {which} already; give each loop its own name=")
+        raise ConfigError(f"this project has {which} already; give each loop its own name=")
     return prefix
 
 

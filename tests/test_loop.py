@@ -14,6 +14,7 @@ from conftest import TINY
 from test_nodes import TRAIN, commit, init_repo, inside, repro, seed_file, sh
 
 import apax_nodes as an
+from apax_core.config import ConfigError
 from apax_nodes.loop import LoopSettings, build_loop
 from apax_nodes.model import local_model_dir
 from apax_nodes.project import build
@@ -233,12 +234,28 @@ def test_named_loops_keep_their_stage_names_in_any_build_order(tmp_path):
     assert {"cu_iter0_Train", "ag_iter1_Evaluate", "cu_iter0_Select"} <= forward
     assert not any(n.endswith("_1") for n in forward)
     # a second loop of one name, or a second unnamed loop, once got `_1` stage names
-    with pytest.raises(ValueError, match="has a loop named 'cu' already"):
+    with pytest.raises(ConfigError, match="has a loop named 'cu' already"):
         names(["cu", "cu"])
-    with pytest.raises(ValueError, match="has an unnamed loop already"):
+    with pytest.raises(ConfigError, match="has an unnamed loop already"):
         names([None, None])
-    with pytest.raises(ValueError, match=r"loop name 'cu_2': .* without '_'"):
+    with pytest.raises(ConfigError, match=r"loop name 'cu_2': .* without '_'"):
         names(["cu_2"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("n_select", 0, "LoopSettings.n_select must be at least 1, got 0"),
+        ("val_fraction", 1.0, r"LoopSettings.val_fraction must be in \[0, 1\), got 1.0"),
+        ("max_calibration", 0, "LoopSettings.max_calibration must be at least 1, got 0"),
+        ("md", {**MD, "dt": -1.0}, "(?s)LoopSettings.md: .*dt: Input should be greater than 0"),
+        ("md_executor", {"kind": "cloud"}, "LoopSettings.md_executor: "),
+    ],
+)
+def test_loop_settings_name_the_bad_field_as_bad_input(field, value, message):
+    settings = LoopSettings(**{"n_iterations": 1, "train": SHALLOW, "md": MD, field: value})
+    with pytest.raises(ConfigError, match=message):
+        settings.validate()
 
 
 def test_the_committed_default_loop_is_what_example_project_main_writes(tmp_path):

@@ -17,6 +17,7 @@ from test_md import cu108
 from workers import always_die, die_once
 
 from apax_core.config import Executor, MDConfig
+from apax_core.errors import InputError
 from apax_core.labelling import (
     EMTLabeller,
     GenericLabeller,
@@ -147,8 +148,9 @@ def test_md_walkers_are_seeded_per_walker_and_the_same_on_every_executor(cuag_mo
 
 def test_walker_indices_are_checked_before_any_walker_runs():
     assert [w.start for w in plan_walkers(3, -1, 2, 0)] == [2, 2]
-    with pytest.raises(IndexError, match=r"indices: \[5\] out of range for 3"):
+    with pytest.raises(InputError, match=r"indices: \[5\] out of range for 3") as bad:
         plan_walkers(3, [0, 5], None, 0)
+    assert isinstance(bad.value, IndexError)  # bad input (one line), and still an IndexError
     with pytest.raises(ValueError, match='indices: "all", an index or a list'):
         plan_walkers(3, "al", None, 0)
     with pytest.raises(ValueError, match="n_walkers must be at least 1"):

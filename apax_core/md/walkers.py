@@ -95,6 +95,10 @@ class Walker:
         return WALKER.format(self.number)
 
 
+class BadIndex(InputError, IndexError):
+    """A start-structure index out of range: bad input (one line), also an IndexError."""
+
+
 def plan_walkers(n_structures: int, indices: Indices, n_walkers: int | None, seed: int):
     """The walkers: ``indices`` (one, a list, or "all") cycled to ``n_walkers`` (default: one
     walker per index), seeds ``seed + k``. Indices may be negative (from the end)."""
@@ -108,7 +112,7 @@ def plan_walkers(n_structures: int, indices: Indices, n_walkers: int | None, see
         raise InputError("indices: no start structure chosen")
     bad = [i for i in chosen if not -n_structures <= i < n_structures]
     if bad:
-        raise IndexError(f"indices: {bad} out of range for {n_structures} start structures")
+        raise BadIndex(f"indices: {bad} out of range for {n_structures} start structures")
     n = len(chosen) if n_walkers is None else n_walkers
     if n < 1:
         raise InputError(f"n_walkers must be at least 1, got {n}")
