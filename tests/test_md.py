@@ -344,12 +344,18 @@ def test_restart_after_a_crash_equals_the_uninterrupted_run(cuag_model, tmp_path
         run_md(cuag_model, moved, restart_config(60.0), tmp_path / "full")
 
 
-def test_restart_with_a_retrained_model_starts_afresh(cuag_model, tmp_path):
+def test_restart_with_a_retrained_model_starts_afresh(cuag_model, tmp_path, caplog):
     """The run identity includes the model's parameters: a leftover checkpoint of another
-    model (same architecture, same settings) is not continued."""
+    model (same architecture, same settings) is not continued; the files it replaces are
+    named in the log."""
     atoms, retrained = cu108(), make_model(seed=11)
     run_md(cuag_model, atoms, restart_config(12.0), tmp_path / "run")
-    again = run_md(retrained, atoms, restart_config(24.0), tmp_path / "run")
+    with caplog.at_level("WARNING", logger="apax_core.md.run"):
+        again = run_md(retrained, atoms, restart_config(24.0), tmp_path / "run")
+    replaced = [r.getMessage() for r in caplog.records if "replacing" in r.getMessage()]
+    assert replaced == [
+        f"starting afresh: replacing {tmp_path / 'run' / n}" for n in ("md.h5", "md_checkpoint.npz")
+    ]
     alone = run_md(retrained, atoms, restart_config(24.0), tmp_path / "alone")
     assert again.status == alone.status
     for a, b in zip(

@@ -354,7 +354,8 @@ class MDRun(Strict):
     traj_name: str = "md.h5"
     """Trajectory file (H5MD) inside the run directory."""
     restart: bool = True
-    """Continue from the checkpoint in the run directory if there is one (else start over)."""
+    """Continue from the checkpoint in the run directory if there is one; else (or with
+    false) start over, replacing the trajectory and checkpoint there (a warning names them)."""
     progress_bar: bool = True
     """Show a progress bar of the steps."""
 

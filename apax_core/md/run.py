@@ -161,6 +161,8 @@ def _begin(
     saved = _matching_checkpoint(traj.parent, run_id) if restart else None
     if saved is None:
         for stale in (traj, traj.parent / ckpt.CHECKPOINT):
+            if stale.exists():
+                logger.warning("starting afresh: replacing %s", stale)
             stale.unlink(missing_ok=True)
         state, nbrs = _start(engine, atoms, config, variables)
         return state, nbrs, RunState(0, 0, False, None, config.extra_capacity, run_id)
