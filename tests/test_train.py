@@ -24,6 +24,7 @@ from flax import serialization
 from apax_core.config import LearningRates, LossTerm, TrainConfig, TrainRun, WarmStart
 from apax_core.data import DataError, collate, from_atoms, neighbour_list, write_frames
 from apax_core.evaluate import evaluate
+from apax_core.labelling import read_labellers
 from apax_core.model_dir import load_model
 from apax_core.precision import with_x64
 from apax_core.train.losses import term_loss
@@ -195,6 +196,8 @@ def test_training_learns_and_writes_the_model_directory(base_model, data_files):
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     for name in ("config.yaml", "statistics.json", "params.msgpack", "metrics.json"):
         assert (base_model / name).is_file()
+    # the files' 12 + 4 frames carry no labeller record: counted, as "unknown"
+    assert read_labellers(base_model) == [{"labeller": "unknown", "n_frames": 16}]
 
 
 def test_moved_model_directory_loads_and_predicts_the_same(base_model, data_files, tmp_path):

@@ -23,8 +23,9 @@ import optax
 from tqdm import tqdm
 
 from apax_core.config import FullEnsemble, TrainConfig, TrainRun, WarmStart
-from apax_core.data import Dataset, prefetch
+from apax_core.data import Dataset, prefetch, read_frames
 from apax_core.files import atomic_write
+from apax_core.labelling import write_labellers
 from apax_core.model import init_params
 from apax_core.model_dir import Model, Variables, load_model, save_config, save_params, save_stats
 from apax_core.precision import with_x64
@@ -252,8 +253,9 @@ def _calibrate(directory: Path, config: TrainConfig, structures: list, given: bo
 
 
 def train_run(config: TrainConfig, run: TrainRun, **kwargs) -> Path:
-    """:func:`train` with the run arguments of a :class:`TrainRun` (the command line's form)."""
-    return train(
+    """:func:`train` with the run arguments of a :class:`TrainRun` (the command line's form);
+    the model directory also records the labellers of the files' frames (``labellers.json``)."""
+    directory = train(
         config,
         run.directory,
         run.train_file,
@@ -262,6 +264,9 @@ def train_run(config: TrainConfig, run: TrainRun, **kwargs) -> Path:
         progress_bar=run.progress_bar,
         **kwargs,
     )
+    files = [f for f in (run.train_file, run.val_file) if f is not None]
+    write_labellers(directory, [a for f in files for a in read_frames(f)])
+    return directory
 
 
 def _restore_outputs(directory: Path, state: TrainState) -> None:
