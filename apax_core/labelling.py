@@ -291,6 +291,11 @@ def worker_calculator(labeller: Labeller) -> Calculator:
     return _CALCULATOR[key]
 
 
+def forget_calculators() -> None:
+    """Drop this process's calculator (after a failure: its state cannot be trusted)."""
+    _CALCULATOR.clear()
+
+
 def _settings_key(labeller) -> str:
     settings = json.dumps(dataclasses.asdict(labeller), sort_keys=True, default=str)
     return f"{type(labeller).__module__}.{type(labeller).__qualname__}{settings}"
@@ -319,7 +324,7 @@ def label_task(job: tuple[Labeller, ase.Atoms, bool]) -> ase.Atoms | dict:
     try:
         return label(atoms, worker_calculator(labeller), stress)
     except Exception as err:  # noqa: BLE001 - any calculator failure is recorded
-        _CALCULATOR.clear()  # the next structure gets a new calculator, not a broken one
+        forget_calculators()  # the next structure gets a new calculator, not a broken one
         return {"error": f"{type(err).__name__}: {err}"}
 
 

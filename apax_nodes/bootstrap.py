@@ -4,12 +4,14 @@ by a force ceiling under the reference (BoundedBootstrap)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import ase
 import znflow
 import zntrack
 
+from apax_core.config import Executor, validate
 from apax_core.data.sampling import (
     bootstrap,
     bootstrap_metrics,
@@ -21,6 +23,7 @@ from apax_core.files import atomic_write
 from apax_core.labelling import Labeller, record_labeller
 from apax_nodes.errors import one_line_errors
 from apax_nodes.frames import FramesNode, write_h5
+from apax_nodes.paths import checkpoint_dir
 
 
 def building() -> bool:
@@ -80,6 +83,9 @@ class BoundedBootstrap(FramesNode):
     relax_steps: int = zntrack.params(0)
     """FIRE steps under the reference (at most; to max_force / 2) that relax each seed before
     it is copied: a liquid of randomly placed molecules needs a few tens."""
+    executor: dict = zntrack.params(default_factory=lambda: {"kind": "serial"})
+    """Where the relaxations and copies run, as Label's ``executor``; each result is kept as it
+    arrives, so a rerun after a crash computes only what is missing."""
     copies_path: Path = zntrack.outs_path(zntrack.nwd / "copies.json")
     metrics: dict = zntrack.metrics()
     """Frames kept, copies failed, reference calls, largest kept force (eV/A), shrunk share."""
@@ -92,6 +98,7 @@ class BoundedBootstrap(FramesNode):
                 check_bounds(self.max_force, self.max_tries)
 
     def run(self) -> None:
+        work = checkpoint_dir(self.name)
         frames, records = bounded_bootstrap(
             self.data,
             self.n,
@@ -102,10 +109,13 @@ class BoundedBootstrap(FramesNode):
             max_force=self.max_force,
             max_tries=self.max_tries,
             relax_steps=self.relax_steps,
+            executor=validate(Executor, self.executor, "executor"),
+            store_dir=work / "copies",
         )
         write_h5(self.frames_path, record_labeller(frames, self.labeller))
         atomic_write(self.copies_path, json.dumps(records, indent=2))
         self.metrics = bootstrap_metrics(records)
+        shutil.rmtree(work, ignore_errors=True)  # outputs complete
 
     @property
     def copies(self) -> list[dict]:

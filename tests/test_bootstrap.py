@@ -12,6 +12,8 @@ from ase.calculators.calculator import Calculator
 from test_nodes import init_repo, inside, repro
 
 import apax_nodes as an
+from apax_core.config import Processes
+from apax_core.data import sampling
 from apax_core.data.sampling import bootstrap, bootstrap_metrics, bounded_bootstrap, largest_force
 from apax_core.errors import InputError
 from apax_core.labelling import EMTLabeller
@@ -79,6 +81,34 @@ def test_bounded_copies_stay_under_the_ceiling_by_shrinking_along_the_same_direc
     assert metrics["reference_calls"] == sum(r["calls"] for r in records)
     assert metrics["shrunk_share"] == pytest.approx(len(shrunk) / 6)
     assert metrics["largest_force_eV_A"] <= 2.0
+
+
+def test_bounded_copies_resume_from_their_store_and_run_on_a_pool(tmp_path, monkeypatch):
+    """Each copy is a task whose result is stored as it arrives: a rerun after a crash labels
+    only the missing copies, and a pool of workers gives the serial run's frames."""
+    seeds, kwargs = [cu_cell(), bulk("Cu", a=3.7, cubic=True)], {"max_force": 2.0, "max_tries": 6}
+    args = (seeds, 4, 0.05, 0.05, 3)
+    serial, records = bounded_bootstrap(
+        *args, labeller=EMTLabeller(), store_dir=tmp_path / "s", relax_steps=2, **kwargs
+    )
+    stored = sorted((tmp_path / "s").glob("copy*.pkl"))
+    assert len(stored) == 4 and len(list((tmp_path / "s").glob("relax*.pkl"))) == 2
+    for lost in stored[1::2]:  # two copies were not finished when the run died
+        lost.unlink()
+    calls = []
+    original = sampling.bounded_copy
+    monkeypatch.setattr(sampling, "bounded_copy", lambda *a: calls.append(1) or original(*a))
+    again = bounded_bootstrap(
+        *args, labeller=EMTLabeller(), store_dir=tmp_path / "s", relax_steps=2, **kwargs
+    )
+    assert len(calls) == 2 and again[1] == records
+    pool, _ = bounded_bootstrap(
+        *args, labeller=EMTLabeller(), executor=Processes(n_workers=2), relax_steps=2, **kwargs
+    )
+    for frames in (again[0], pool):
+        for a, b in zip(frames, serial, strict=True):
+            np.testing.assert_array_equal(a.positions, b.positions)
+            assert a.get_potential_energy() == b.get_potential_energy()
 
 
 def test_a_copy_that_never_passes_is_recorded_not_dropped():

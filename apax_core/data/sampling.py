@@ -3,18 +3,23 @@ by a force ceiling under the reference), random partitions."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import tempfile
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import NamedTuple
 
 import ase
 import numpy as np
 from ase.data import chemical_symbols
-from tqdm.auto import tqdm
 
+from apax_core.config import Executor, Serial
 from apax_core.data.io import DataError
 from apax_core.errors import InputError
-from apax_core.labelling import Labeller, label
+from apax_core.labelling import Labeller, forget_calculators, label, task_key, worker_calculator
+from apax_core.tasks import TaskStore, run_tasks
 
 log = logging.getLogger(__name__)
 
@@ -110,18 +115,20 @@ def largest_force(atoms: ase.Atoms) -> float:
 
 
 class Reference:
-    """A labeller's calculator, built once and reused; rebuilt after a failed calculation,
-    since a calculator's state after an exception cannot be trusted."""
+    """A labeller's calculator, this process's one (:func:`worker_calculator`: built once and
+    reused by every task of a worker); rebuilt after a failed calculation, since a
+    calculator's state after an exception cannot be trusted."""
 
     def __init__(self, labeller: Labeller) -> None:
         self.labeller = labeller
-        self.calc = labeller.get_calculator()
+        self.calc = worker_calculator(labeller)
 
     def label(self, atoms: ase.Atoms) -> ase.Atoms:
         try:
             return label(atoms, self.calc)
         except Exception:
-            self.calc = self.labeller.get_calculator()
+            forget_calculators()
+            self.calc = worker_calculator(self.labeller)
             raise
 
 
@@ -159,6 +166,8 @@ def bounded_bootstrap(
     max_force: float,
     max_tries: int = 4,
     relax_steps: int = 0,
+    executor: Executor | None = None,
+    store_dir: str | Path | None = None,
 ) -> tuple[list[ase.Atoms], list[dict]]:
     """Labelled copies of ``seeds`` whose largest force is at most ``max_force`` (eV/A).
 
@@ -171,16 +180,33 @@ def bounded_bootstrap(
     that many steps, to half of ``max_force``): a liquid built from random molecules starts
     with forces above any sensible ceiling. All input is checked before the first
     calculation; an InputError when no copy passes. For frames of thermal motion instead,
-    :func:`apax_core.labelling.reference_md` runs MD with the reference itself."""
+    :func:`apax_core.labelling.reference_md` runs MD with the reference itself.
+
+    The relaxations and the copies run as tasks on ``executor`` (default serial), their
+    results kept in ``store_dir`` as they arrive (default: a temporary directory), so a rerun
+    after a crash computes only what is missing."""
     check_bounds(max_force, max_tries)
     if not (isinstance(relax_steps, int) and relax_steps >= 0):
         raise InputError(f"relax_steps must be an integer >= 0, got {relax_steps}")
     ps = draws(seeds, n, rattle, strain, seed)
-    reference = Reference(labeller)
-    seeds = [relaxed(a, reference, relax_steps, max_force / 2) for a in seeds]
+    Reference(labeller)  # a labeller that cannot work fails before any calculation
+    with contextlib.ExitStack() as stack:
+        if store_dir is None:
+            store_dir = stack.enter_context(tempfile.TemporaryDirectory())
+        tasks = functools.partial(
+            run_tasks, executor=executor or Serial(), store=TaskStore(store_dir)
+        )
+        if relax_steps:
+            jobs = [(labeller, a, relax_steps, max_force / 2) for a in seeds]
+            keys = [f"relax{i}-{task_key(labeller, a)}-{relax_steps}" for i, a in enumerate(seeds)]
+            seeds = tasks(_relax_task, jobs, keys, desc="relaxing seeds")
+        jobs = [
+            (labeller, seeds[k % len(seeds)], p, max_force, max_tries) for k, p in enumerate(ps)
+        ]
+        keys = [f"copy{k}-{_copy_key(job)}" for k, job in enumerate(jobs)]
+        results = tasks(_copy_task, jobs, keys, desc="bounded bootstrap")
     frames, records = [], []
-    for k, p in enumerate(tqdm(ps, desc="bounded bootstrap")):
-        frame, record = bounded_copy(seeds[k % len(seeds)], p, reference, max_force, max_tries)
+    for k, (frame, record) in enumerate(results):
         records.append({"index": k, "seed": k % len(seeds), **record})
         if frame is None:
             log.warning(
@@ -194,6 +220,22 @@ def bounded_bootstrap(
             "eV/A, even at the smallest scale; relax the seeds (relax_steps) or raise max_force"
         )
     return frames, records
+
+
+def _relax_task(job) -> ase.Atoms:
+    labeller, atoms, max_steps, fmax = job
+    return relaxed(atoms, Reference(labeller), max_steps, fmax)
+
+
+def _copy_task(job) -> tuple[ase.Atoms | None, dict]:
+    labeller, atoms, p, max_force, max_tries = job
+    return bounded_copy(atoms, p, Reference(labeller), max_force, max_tries)
+
+
+def _copy_key(job) -> str:
+    """What a stored copy must match: the labeller, the copy at scale 1 and the bounds."""
+    labeller, atoms, p, max_force, max_tries = job
+    return f"{task_key(labeller, apply_perturbation(atoms, p))}-{max_force}-{max_tries}"
 
 
 def relaxed(atoms: ase.Atoms, reference: Reference, max_steps: int, fmax: float) -> ase.Atoms:
