@@ -4,6 +4,7 @@ remote, warm start across repositories, appending iterations, calculators in ASE
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -271,33 +272,37 @@ def test_the_committed_default_loop_is_what_example_project_main_writes(tmp_path
         assert (fresh / name).read_text() == (root / name).read_text(), name
 
 
-QUIET_MD = {**MD, "checks": [], "duration": 100.0}
-"""MD that always runs to its end: the loop can be judged done."""
+def test_grow_stops_by_its_criterion_and_at_the_maximum(loop_repo, tmp_path, monkeypatch):
+    """grow on a copy of the one-iteration loop (its stages are cached): a criterion that never
+    holds appends iteration 1, reproduces only the new stages and stops at the maximum."""
+    from apax_nodes import grow as growing
 
+    root = tmp_path / "grow"
+    shutil.copytree(loop_repo[0], root, symlinks=True)
+    never = {"patience": 1, "force_change_percent": 0.0, "max_iterations": 2}
+    runs = []
 
-def test_grow_stops_by_its_criterion_and_at_the_maximum(tmp_path):
-    from apax_nodes.grow import grow
+    def repro_counting() -> None:
+        runs.append(set(json.loads(sh("dvc", "status", "--json", cwd=root))))
+        sh("dvc", "repro", cwd=root)
 
-    def builder(until):
-        return lambda n: graph(n, md=QUIET_MD, n_walkers=1, until=until)
-
-    root = init_repo(tmp_path / "grow")
-    easy = {"patience": 1, "force_change_percent": 1e6, "max_iterations": 3}
     with inside(root):
-        n, why = grow(builder(easy))
-    assert n == 1 and why.startswith("done: iteration 0: walkers ran to the end"), why
-    never = {**easy, "force_change_percent": 0.0, "max_iterations": 2}  # no change is < 0 %
-    with inside(root):
-        n, why = grow(builder(never))
+        n, why = growing.grow(lambda n: graph(n, until=never), repro=repro_counting)
         report = zntrack.from_rev("Report")
         assert report.metrics["done"] == 0 and report.verdict() == why
-    assert n == 2 and why.startswith("stopped at the maximum of 2 iterations (iteration 1: test F")
+    assert n == 2 and why.startswith("stopped at the maximum of 2 iterations (iteration 1: 2/2")
+    assert runs[0] == {"Report"}  # the criterion is the Report's param
+    assert {"iter1_MD", "iter2_Train", "Report"} <= runs[1] and "iter0_Train" not in runs[1]
     # the grown graph is the one build_loop writes for that number of iterations
     fresh = init_repo(tmp_path / "fresh")
     with inside(fresh):
-        builder(never)(2)
+        graph(2, until=never)
     for name in ("dvc.yaml", "params.yaml", "zntrack.json"):
         assert (fresh / name).read_text() == (root / name).read_text(), name
+    # the Report saying done ends grow at once (the verdict itself is tested below)
+    monkeypatch.setattr(growing, "verdict", lambda rows, until: (True, "done: judged"))
+    with inside(root):
+        assert growing.grow(lambda n: runs.append(n), repro=lambda: None) == (1, "done: judged")
 
 
 def test_the_verdict_needs_patience_quiet_iterations_in_a_row():
