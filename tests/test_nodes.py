@@ -7,6 +7,7 @@ import csv
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -287,3 +288,11 @@ def test_a_failed_repro_leaves_no_stage_output_for_git_to_capture(tmp_path):
     outputs = [line for line in listed if line.strip() and not line.endswith(".gitignore")]
     outputs = [line for line in outputs if not line.endswith(("dvc.yaml", "params.yaml"))]
     assert not [line for line in outputs if "nodes/" in line], outputs
+
+
+def test_a_stage_process_imports_jax_md_only_to_run_md():
+    """Every `zntrack run` imports apax_nodes; importing jax_md compiles about 120 small XLA
+    programs (its rigid_body module), seconds per stage that Train, Label or Select never use."""
+    code = "import sys, apax_nodes, apax_core.md.walkers; print('jax_md' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -27,6 +27,7 @@ from apax_core.config.md import (
     NVTNoseHoover,
     TemperatureCheck,
     VolumeCheck,
+    check_dynamics,
 )
 from apax_core.errors import InputError
 from apax_core.md import barostats as b
@@ -109,12 +110,12 @@ def test_npt_needs_a_fully_periodic_system_and_warns_of_a_short_tau_p(caplog):
     scr = NPTStochasticCellRescaling()
     for pbc in ([False] * 3, [True, True, False]):
         with pytest.raises(InputError, match="periodic along all three axes"):
-            b.validate(scr, pbc, 1.0)
-    b.validate(NVTLangevin(), [False] * 3, 1.0)  # constant volume: anything goes
-    with caplog.at_level(logging.WARNING, logger="apax_core.md.barostats"):
-        b.validate(scr, [True] * 3, 1.0)
+            check_dynamics(scr, pbc, 1.0)
+    check_dynamics(NVTLangevin(), [False] * 3, 1.0)  # constant volume: anything goes
+    with caplog.at_level(logging.WARNING, logger="apax_core.config.md"):
+        check_dynamics(scr, [True] * 3, 1.0)
         assert not caplog.records
-        b.validate(NPTMartynaTobiasKlein(tau_p=30.0), [True] * 3, 2.0)
+        check_dynamics(NPTMartynaTobiasKlein(tau_p=30.0), [True] * 3, 2.0)
     assert "tau_p = 30 fs is below 20 time steps" in caplog.text
 
 

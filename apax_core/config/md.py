@@ -12,6 +12,7 @@ Nose-Hoover chain), with every pluggable choice a discriminated union keyed by `
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
@@ -19,6 +20,9 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from apax_core.config.common import Strict
+from apax_core.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 # ------------------------------------------------------------------------ temperature schedules
 
@@ -187,6 +191,28 @@ class NPTMartynaTobiasKlein(Strict):
 
 NPT = (NPTStochasticCellRescaling, NPTMartynaTobiasKlein)
 """The constant-pressure dynamics (``isinstance(dynamics, NPT)``)."""
+
+MIN_TAU_P_STEPS = 20
+"""Below this many time steps tau_p couples the cell too tightly for one Euler step (a warning)."""
+
+
+def check_dynamics(dynamics: Dynamics, pbc, dt_fs: float) -> None:
+    """InputError if constant-pressure ``dynamics`` meets a system that is not periodic along
+    all three axes of ``pbc`` (3,); a warning if its tau_p is below 20 time steps of ``dt_fs``
+    (fs). Nothing for constant-volume dynamics."""
+    if not isinstance(dynamics, NPT):
+        return
+    pbc = [bool(p) for p in pbc]
+    if not all(pbc):
+        raise InputError(f"{dynamics.kind} needs a cell periodic along all three axes, got {pbc=}")
+    if dynamics.tau_p < MIN_TAU_P_STEPS * dt_fs:
+        logger.warning(
+            "tau_p = %g fs is below %d time steps (dt = %g fs): the cell may not follow stably",
+            dynamics.tau_p,
+            MIN_TAU_P_STEPS,
+            dt_fs,
+        )
+
 
 Dynamics = Annotated[
     NVE | NVTNoseHoover | NVTLangevin | NPTStochasticCellRescaling | NPTMartynaTobiasKlein,

@@ -51,7 +51,6 @@ particle chain is coupled to 3N - 3 degrees of freedom as in kinetics.py;
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Literal
 
@@ -62,43 +61,16 @@ from jax.scipy.linalg import expm
 from jax_md import dataclasses, simulate, space
 
 from apax_core.config.md import (
-    NPT,
-    Dynamics,
     NPTMartynaTobiasKlein,
     NPTStochasticCellRescaling,
     NVTLangevin,
     NVTNoseHoover,
     ThermostatChain,
 )
-from apax_core.errors import InputError
 from apax_core.md.kinetics import Integrator, kinetic_dof, without_drift
-
-logger = logging.getLogger(__name__)
 
 Array = jax.Array
 CellMode = Literal["isotropic", "orthorhombic", "full"]
-MIN_TAU_P_STEPS = 20
-"""Below this many time steps tau_p couples the cell too tightly for one Euler step (a warning)."""
-
-
-def validate(dynamics: Dynamics, pbc, dt_fs: float) -> None:
-    """InputError if constant-pressure ``dynamics`` meets a system that is not periodic along
-    all three axes of ``pbc`` (3,); a warning if its tau_p is below 20 time steps of ``dt_fs``
-    (fs). Nothing for constant-volume dynamics."""
-    if not isinstance(dynamics, NPT):
-        return
-    pbc = [bool(p) for p in pbc]
-    if not all(pbc):
-        raise InputError(f"{dynamics.kind} needs a cell periodic along all three axes, got {pbc=}")
-    if dynamics.tau_p < MIN_TAU_P_STEPS * dt_fs:
-        logger.warning(
-            "tau_p = %g fs is below %d time steps (dt = %g fs): the cell may not follow stably",
-            dynamics.tau_p,
-            MIN_TAU_P_STEPS,
-            dt_fs,
-        )
-
-
 # ----------------------------------------------------------------------------- units, cell
 
 

@@ -30,7 +30,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax_md import space
 
 from apax_core.data.batch import Batch
 from apax_core.errors import InputError
@@ -287,6 +286,8 @@ def structure_with_images(s, nbrs: ImageNeighbours, Z, cell, periodic: bool = Tr
     ``model_adapter.structure``: the gradient with respect to ``s`` of an energy of it is the
     Cartesian gradient (``space.transform``). ``Batch.cell`` is ``cell``, or zeros if not
     ``periodic`` (a molecule in its embedding cell)."""
+    from jax_md import space  # here, not at import: importing jax_md compiles ~120 programs
+
     n = s.shape[0]
     mask = nbrs.idx < n
     return Batch(

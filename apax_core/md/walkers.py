@@ -24,11 +24,10 @@ import ase
 import numpy as np
 
 from apax_core.config import Executor, Screening, Serial
-from apax_core.config.md import MDConfig
+from apax_core.config.md import MDConfig, check_dynamics
 from apax_core.data.screening import closest_pair
 from apax_core.data.structure import from_atoms
 from apax_core.errors import InputError
-from apax_core.md.barostats import validate as validate_dynamics
 from apax_core.md.io import WALKER
 from apax_core.model_dir import load_model
 from apax_core.tasks import Lost, TaskStore, run_tasks
@@ -59,7 +58,7 @@ def check_start(atoms: ase.Atoms, config: MDConfig, name: str) -> None:
             f"are zero or linearly dependent ({np.round(periodic, 4).tolist()} A)"
         )
     try:
-        validate_dynamics(config.dynamics, pbc, config.dt)
+        check_dynamics(config.dynamics, pbc, config.dt)
     except InputError as err:
         raise InputError(f"{name}: {err}") from None
     if not config.allow_close_contacts:
