@@ -18,7 +18,6 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from apax_core.config import EquivMPConfig, GMNNConfig, ModelConfig
-from apax_core.model.equivmp import EquivMP
 from apax_core.model.gmnn import GaussianMoments
 from apax_core.model.readout import Readout
 from apax_core.model.zbl import zbl_pair_energy
@@ -54,6 +53,8 @@ def representation(config: ModelConfig, n_species: int, dtype) -> nn.Module:
     if isinstance(config, GMNNConfig):
         return GaussianMoments(config, n_species, dtype, name="representation")
     if isinstance(config, EquivMPConfig):
+        from apax_core.model.equivmp import EquivMP  # e3nn-jax: seconds of import, EquivMP only
+
         return EquivMP(config, n_species, dtype, name="representation")
     raise TypeError(f"no representation for model kind {config.kind!r}")
 
