@@ -205,20 +205,26 @@ def bounded_bootstrap(
         ]
         keys = [f"copy{k}-{_copy_key(job)}" for k, job in enumerate(jobs)]
         results = tasks(_copy_task, jobs, keys, desc="bounded bootstrap")
+    frames, records = _kept(results, len(seeds))
+    if not frames:
+        raise InputError(
+            f"bootstrap: none of {n} copies got its largest force below max_force {max_force} "
+            "eV/A, even at the smallest scale; relax the seeds (relax_steps) or raise max_force"
+        )
+    return frames, records
+
+
+def _kept(results, n_seeds: int) -> tuple[list[ase.Atoms], list[dict]]:
+    """The copies that passed and a record of each copy (a failed one logged)."""
     frames, records = [], []
     for k, (frame, record) in enumerate(results):
-        records.append({"index": k, "seed": k % len(seeds), **record})
+        records.append({"index": k, "seed": k % n_seeds, **record})
         if frame is None:
             log.warning(
                 "bootstrap copy %d failed at scale %g: %s", k, record["scale"], record["error"]
             )
         else:
             frames.append(frame)
-    if not frames:
-        raise InputError(
-            f"bootstrap: none of {n} copies got its largest force below max_force {max_force} "
-            "eV/A, even at the smallest scale; relax the seeds (relax_steps) or raise max_force"
-        )
     return frames, records
 
 
