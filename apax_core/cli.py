@@ -430,8 +430,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--family",
         choices=["auto", "global", "per_element", "power"],
-        default="global",
-        help="calibration law; auto: lowest held-out force NLL (default global)",
+        default="auto",
+        help="calibration law; auto (default): lowest held-out force NLL",
     )
     c.set_defaults(fn=_cmd_calibrate)
 

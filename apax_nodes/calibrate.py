@@ -21,7 +21,7 @@ class Calibrate(zntrack.Node, ModelNode):
 
     model: zntrack.Node = zntrack.deps()
     data: list[ase.Atoms] = zntrack.deps()
-    family: str = zntrack.params("global")
+    family: str = zntrack.params("auto")
     """Calibration law: "global" (one force factor), "per_element", "power" (sigma' = a
     sigma^b), or "auto" (the lowest held-out force NLL, 5-fold over ``data``)."""
     model_dir: Path = zntrack.outs_path(zntrack.nwd / "model")
