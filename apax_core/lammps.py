@@ -12,8 +12,9 @@ does not force a new neighbour list.
 Ensembles report their calibrated uncertainty to LAMMPS (the eq. 6 switch): every step the
 energy standard deviation (free with the mean forces) goes to ``f_ID[1]`` (eV); every
 ``uncertainty_every`` steps the member forces are computed, the largest per-atom force sigma
-(norm of the component sigmas) goes to ``f_ID[2]`` (eV/A) and each atom's to the ``fix
-property/atom`` value ``d_force_sigma``. LAMMPS's own commands use them::
+(norm of the component sigmas) goes to ``f_ID[2]`` (eV/A), the largest single component to
+``f_ID[3]`` (eV/A) and each atom's norm to the ``fix property/atom`` value ``d_force_sigma``.
+LAMMPS's own commands use them::
 
     variable sigma equal f_apax[2]
     fix stop all halt 10 v_sigma > 0.2 error soft
@@ -31,7 +32,7 @@ import ctypes
 import logging
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ase
@@ -108,7 +109,9 @@ def virial(stress: np.ndarray, cell: np.ndarray) -> list[float]:
 
 class LammpsBridge:
     """A model attached to a LAMMPS instance by :func:`attach`; keep it alive while LAMMPS
-    runs (it holds the callback). ``error`` holds an exception raised inside the callback."""
+    runs (it holds the callback). ``error`` holds an exception raised inside the callback;
+    ``on_step(step, structure, prediction)``, if set, sees every evaluation (atom-id order,
+    unwrapped positions, LAMMPS's frame), e.g. to keep frames."""
 
     def __init__(self, lmp, model: Model, z_of_type: np.ndarray, *, fix_id, every, skin):
         """``z_of_type``: (n_types + 1,) atomic number of each LAMMPS type (:func:`type_numbers`);
@@ -119,6 +122,7 @@ class LammpsBridge:
         self.ensemble = model.config.n_members > 1
         self.z_of_type = z_of_type
         self.error: BaseException | None = None
+        self.on_step: Callable[[int, Structure, dict], None] | None = None
         self._fns = {False: compiled(self.model, "forces")}
         if self.ensemble:
             self._fns[True] = compiled(self.model, "uncertainty")
@@ -166,6 +170,10 @@ class LammpsBridge:
             sigma = np.linalg.norm(pred["forces_uncertainty"], axis=1)
             lmp.numpy.extract_atom(f"d_{SIGMA}")[:n][order] = sigma
             lmp.fix_external_set_vector(self.fix_id, 2, float(sigma.max(initial=0.0)))
+            largest = np.max(pred["forces_uncertainty"], initial=0.0)
+            lmp.fix_external_set_vector(self.fix_id, 3, float(largest))
+        if self.on_step is not None:
+            self.on_step(step, structure, pred)
 
     def check(self) -> None:
         """Raise the exception the callback met, if any (after a LAMMPS command returned)."""
@@ -185,7 +193,7 @@ def attach(
 ) -> LammpsBridge:
     """Attach ``model`` (a model or model directory) to ``lmp``, whose box exists: LAMMPS type
     i is ``elements[i - 1]`` (names, e.g. ``["Cu", "Ag"]``). Ensembles put their calibrated
-    uncertainties into ``f_<fix_id>[1]``, ``f_<fix_id>[2]`` and ``d_force_sigma``, the force
+    uncertainties into ``f_<fix_id>[1]`` to ``f_<fix_id>[3]`` and ``d_force_sigma``, the force
     sigmas every ``uncertainty_every`` steps (the module docstring). The forces act on the
     atoms of ``group``; the model sees every atom. Returns the bridge."""
     if uncertainty_every < 1:
@@ -201,7 +209,7 @@ def attach(
     lmp.command(f"fix_modify {fix_id} energy yes virial yes")
     if bridge.ensemble:
         lmp.command(f"fix {fix_id}_{SIGMA} all property/atom d_{SIGMA}")
-        lmp.fix_external_set_vector_length(fix_id, 2)
+        lmp.fix_external_set_vector_length(fix_id, 3)
     lmp.set_fix_external_callback(fix_id, bridge.callback)
     return bridge
 

@@ -14,6 +14,7 @@ from zntrack.config import NodeStatusEnum
 
 from apax_core.config import Executor, MDConfig, validate
 from apax_core.files import atomic_write
+from apax_core.lammps_input import check_engine, check_lammps_start
 from apax_core.md.io import STATUS, TRACE_COLUMNS, TRAJECTORY, WALKER, trace
 from apax_core.md.walkers import Indices, check_start, plan_walkers
 from apax_nodes.errors import one_line_errors
@@ -30,12 +31,20 @@ def md_config(config: dict) -> MDConfig:
 
 
 def check_start_structures(
-    frames: list[ase.Atoms], config: MDConfig, indices: Indices, n_walkers: int | None, source: str
+    frames: list[ase.Atoms],
+    config: MDConfig,
+    indices: Indices,
+    n_walkers: int | None,
+    source: str,
+    engine: str = "jax",
 ) -> None:
-    """The engine's checks that need no model (:func:`~apax_core.md.walkers.check_start`) on
-    every walker's start structure; InputError names ``source`` and the structure index."""
+    """The engine's checks that need no model (:func:`~apax_core.md.walkers.check_start`,
+    and LAMMPS's periodicity) on every walker's start structure; InputError names ``source``
+    and the structure index."""
     for k in sorted({w.start for w in plan_walkers(len(frames), indices, n_walkers, 0)}):
         check_start(frames[k], config, f"{source} structure {k}")
+        if engine == "lammps":
+            check_lammps_start(frames[k], f"{source} structure {k}")
 
 
 def frames_at_build(data) -> tuple[list[ase.Atoms], str] | None:
@@ -75,6 +84,8 @@ class MD(zntrack.Node):
     apax_core MD spec (dynamics, temperature schedule, UDD, stop checks). ``frames`` are the
     walkers' frames in walker order, tagged ``atoms.info["walker"]``; ``status`` says how many
     walkers stopped early and why (each walker's ``stop_detail`` in ``walkers``, with units);
+    ``engine`` integrates: ``jax`` (ours) or ``lammps`` (docs/lammps.md; fully periodic
+    structures, no UDD), both writing the same frames with their uncertainties;
     ``temperature_trace`` is one row per frame, columns named with their units (``time_fs``,
     ``temperature_K``, ``energy_uncertainty_eV_per_atom``...: :func:`apax_core.md.io.trace`).
     Any cell, slab, wire or molecule runs; start structures with
@@ -90,6 +101,9 @@ class MD(zntrack.Node):
     config: dict = zntrack.params(default_factory=dict)
     executor: dict = zntrack.params(default_factory=lambda: {"kind": "serial"})
     """Where the walkers run: serial, processes or dask (see apax_core.config.executor)."""
+    engine: str = zntrack.params("jax")
+    """Who integrates: "jax" (our engine) or "lammps" (LAMMPS's fixes with the model
+    attached); "ipi" is refused (run apax-core ipi-client instead)."""
     md_dir: Path = zntrack.outs_path(zntrack.nwd / "md")
     status: dict = zntrack.metrics()
     """Walkers stopped early and why: n_walkers, n_stopped, reason (the commonest), reasons,
@@ -110,10 +124,13 @@ class MD(zntrack.Node):
         """At graph build: the config and, where they exist already, the start structures."""
         with znflow.disable_graph():
             config = md_config(self.config)
+            check_engine(self.engine, config)
             found = frames_at_build(self.data)
             if found is not None:
                 frames, source = found
-                check_start_structures(frames, config, self.indices, self.n_walkers, source)
+                check_start_structures(
+                    frames, config, self.indices, self.n_walkers, source, self.engine
+                )
 
     def run(self) -> None:
         # Imported here: jax_md starts the XLA backend on import, and `zntrack run` forks (to
@@ -131,6 +148,7 @@ class MD(zntrack.Node):
             executor,
             indices=self.indices,
             n_walkers=self.n_walkers,
+            engine=self.engine,
         )
         records = []
         for walker, status in walkers:

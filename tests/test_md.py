@@ -38,8 +38,9 @@ from apax_core.errors import InputError
 from apax_core.md import build as md_build
 from apax_core.md import read_trajectory, run_md
 from apax_core.md.checks import reason_code, reasons, stop_detail, validate
-from apax_core.md.integrators import integrator, kinetic_temperature
+from apax_core.md.integrators import integrator
 from apax_core.md.io import append_frames, pressure_bar, trace
+from apax_core.md.kinetics import kinetic_temperature
 from apax_core.md.model_adapter import dynamics_energy
 from apax_core.md.neighbours import list_kind, pair_list
 from apax_core.md.schedules import temperature_fn

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import jax.numpy as jnp
 from ase import units
 from jax_md import dataclasses, simulate
 
@@ -25,19 +24,6 @@ from apax_core.config.md import (
 )
 from apax_core.md.barostats import mtk, scr
 from apax_core.md.kinetics import Integrator, kinetic_dof, without_drift
-
-
-def kinetic_temperature(momentum, mass, conserves_momentum: bool):
-    """2 KE / (dof k_B) in K, with the centre-of-mass kinetic energy excluded where the total
-    momentum is conserved (it is no thermal motion there). ``momentum`` (N, 3); ``mass`` (N,)
-    or (N, 1); returns ()."""
-    mass = jnp.reshape(mass, (-1, 1))
-    twice_ke = jnp.sum(momentum**2 / mass)
-    n = momentum.shape[0]
-    if conserves_momentum and n > 1:
-        total = jnp.sum(momentum, axis=0)
-        twice_ke = twice_ke - jnp.sum(total**2) / jnp.sum(mass)
-    return twice_ke / (kinetic_dof(n, conserves_momentum) * units.kB)
 
 
 def kT_of(temperature_K):

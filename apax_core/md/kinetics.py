@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import jax.numpy as jnp
+from ase import units
 
 
 class Integrator(NamedTuple):
@@ -40,3 +41,16 @@ def without_drift(momenta, mass):
     loaded drift as if it were thermal."""
     mass = jnp.reshape(mass, (-1, 1))
     return momenta - mass * jnp.sum(momenta, axis=0) / jnp.sum(mass)
+
+
+def kinetic_temperature(momentum, mass, conserves_momentum: bool):
+    """2 KE / (dof k_B) in K, with the centre-of-mass kinetic energy excluded where the total
+    momentum is conserved (it is no thermal motion there). ``momentum`` (N, 3); ``mass`` (N,)
+    or (N, 1); returns ()."""
+    mass = jnp.reshape(mass, (-1, 1))
+    twice_ke = jnp.sum(momentum**2 / mass)
+    n = momentum.shape[0]
+    if conserves_momentum and n > 1:
+        total = jnp.sum(momentum, axis=0)
+        twice_ke = twice_ke - jnp.sum(total**2) / jnp.sum(mass)
+    return twice_ke / (kinetic_dof(n, conserves_momentum) * units.kB)

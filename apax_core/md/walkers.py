@@ -28,6 +28,7 @@ from apax_core.config.md import MDConfig, check_dynamics
 from apax_core.data.screening import closest_pair
 from apax_core.data.structure import from_atoms
 from apax_core.errors import InputError
+from apax_core.lammps_input import check_engine, check_lammps_start
 from apax_core.md.io import WALKER
 from apax_core.model_dir import load_model
 from apax_core.tasks import Lost, TaskStore, run_tasks
@@ -127,6 +128,8 @@ class WalkerJob:
     config: MDConfig
     directory: str
     progress_bar: bool
+    engine: str = "jax"
+    """Who integrates: our JAX engine or LAMMPS (:mod:`apax_core.lammps_md`)."""
 
 
 @functools.lru_cache(maxsize=2)
@@ -142,9 +145,13 @@ def _stamp(path: Path) -> tuple:
 
 def walker_task(job: WalkerJob) -> dict:
     """Run (or continue) one walker; its status plus the steady cost in us/atom/step."""
+    model = _model(job.model_dir, _stamp(Path(job.model_dir)))
+    if job.engine == "lammps":
+        from apax_core.lammps_md import run_lammps_md
+
+        return run_lammps_md(model, job.atoms, job.config, job.directory)
     from apax_core.md.run import run_md
 
-    model = _model(job.model_dir, _stamp(Path(job.model_dir)))
     result = run_md(model, job.atoms, job.config, job.directory, progress_bar=job.progress_bar)
     return {**result.status, "us_per_atom_step": result.timing["us_per_atom_step"]}
 
@@ -158,12 +165,15 @@ def run_walkers(
     *,
     indices: Indices = -1,
     n_walkers: int | None = None,
+    engine: str = "jax",
 ) -> list[tuple[Walker, dict]]:
     """Every walker's status (a lost walker: ``stopped`` with reason ``lost: ...``), in walker
-    order; trajectories are in ``directory/<walker.name>/md.h5``. Every walker's input is
+    order; trajectories are in ``directory/<walker.name>/md.h5``. ``engine``: ``jax`` (ours)
+    or ``lammps`` (:func:`~apax_core.lammps_input.check_engine`). Every walker's input is
     checked before the first one starts."""
     from apax_core.md.run import run_identity, validate
 
+    check_engine(engine, config)
     directory, model_dir = Path(directory), Path(model_dir).resolve()
     executor = executor or Serial()
     walkers = plan_walkers(len(structures), indices, n_walkers, config.seed)
@@ -172,10 +182,14 @@ def run_walkers(
     for w in walkers:
         atoms, spec = structures[w.start], config.model_copy(update={"seed": w.seed})
         validate(model, atoms, spec, name=f"start structure {w.start}")
-        identity = json.dumps(run_identity(spec, atoms, model), sort_keys=True)
-        keys.append(f"{w.name}-{hashlib.sha256(identity.encode()).hexdigest()[:24]}")
+        identity = run_identity(spec, atoms, model)
+        if engine != "jax":
+            check_lammps_start(atoms, f"start structure {w.start}")
+            identity["engine"] = engine
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+        keys.append(f"{w.name}-{digest[:24]}")
         show = isinstance(executor, Serial) and len(walkers) == 1
-        jobs.append(WalkerJob(str(model_dir), atoms, spec, str(directory / w.name), show))
+        jobs.append(WalkerJob(str(model_dir), atoms, spec, str(directory / w.name), show, engine))
     results = run_tasks(walker_task, jobs, keys, executor, TaskStore(directory / "done"), "md")
     return [
         (w, _lost(r) if isinstance(r, Lost) else r) for w, r in zip(walkers, results, strict=True)
