@@ -10,7 +10,8 @@ max-distance selection of 8 frames -> EMT labels -> 6 join the training set, 2 t
 validation set. Iteration 0 is one scratch model shared by every variant; from then on each
 variant runs its own loop. Per iteration: test force/energy MAE, calibrated and
 uncalibrated force z^2, miscalibration area and Spearman rho, the training epochs and
-seconds, and how many walkers stopped on uncertainty.
+seconds, how many walkers stopped on uncertainty, and every calibration family fitted on the
+validation set (what the training calibrates on) judged on the test set (families.py).
 
 Writes bench/results/experiments/continuous_learning.{json,png}.
 """
@@ -27,6 +28,7 @@ import numpy as np
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from experiment import parser, settings, write_json
+from families import model_family_table
 from matplotlib.figure import Figure
 from selection_efficacy import LOSS, MODEL, alloy, datasets
 
@@ -65,14 +67,18 @@ def fit(frames, val, epochs: int, directory: Path, base: Path | None) -> tuple[P
     return directory, time.perf_counter() - start
 
 
-def test_metrics(model_dir: Path, test_s: list) -> dict:
+def test_metrics(model_dir: Path, test_s: list, cal_s: list) -> dict:
+    """Test errors and uncertainty metrics, calibrated and not, and every calibration family
+    fitted on ``cal_s`` (the set the training calibrated on) judged on the test set."""
     model = load_model(model_dir)
     preds = predict(model, test_s, mode="uncertainty")
-    raw = uncertainty_metrics(uncalibrated(preds, model.calibration, test_s), test_s)
+    raw_preds = uncalibrated(preds, model.calibration, test_s)
+    raw = uncertainty_metrics(raw_preds, test_s)
     return (
         error_metrics(preds, test_s)
         | uncertainty_metrics(preds, test_s)
         | {f"uncal_{k}": v for k, v in raw.items()}
+        | {"families": model_family_table(model, cal_s, test_s, raw_preds)}
     )
 
 
@@ -123,7 +129,7 @@ def loop(variant: str, base: tuple, sets: dict, args, root: Path) -> list[dict]:
             "epochs": epochs,
             "train_s": seconds,
             **md,
-            **test_metrics(model_dir, test_s),
+            **test_metrics(model_dir, test_s, [from_atoms(a) for a in val_set]),
         }
         logging.info(
             "%s %d: F MAE %.1f, z2 %.2f, %d/%d stopped",
@@ -182,7 +188,8 @@ def main() -> None:
         model0, _ = fit(sets["initial"], sets["val"], args.epochs, root / "iter0", None)
         base = (model0, list(sets["initial"]), list(sets["val"]))
         variants = {v: loop(v, base, sets, args, root) for v in args.variants.split(",")}
-        first = {"iteration": 0, **test_metrics(model0, [from_atoms(a) for a in sets["test"]])}
+        test_s, val_s = ([from_atoms(a) for a in sets[k]] for k in ("test", "val"))
+        first = {"iteration": 0, **test_metrics(model0, test_s, val_s)}
         shutil.rmtree(root, ignore_errors=True)
     result = {
         "settings": settings(args),

@@ -18,7 +18,13 @@ from experiment import out_dir, parser
 from report import DOC, write_report
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ("selection_efficacy", "selection_diagnostics", "continuous_learning", "udd")
+SCRIPTS = (
+    "selection_efficacy",
+    "selection_diagnostics",
+    "continuous_learning",
+    "udd",
+    "active_vs_passive",
+)
 
 
 def main() -> None:
