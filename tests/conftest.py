@@ -65,6 +65,24 @@ def save_model_dir(directory: Path, model: Model) -> Path:
     return directory
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _capacities_not_remembered_across_tests():
+    """A neighbour capacity one test's MD grew is not carried into another's
+    (:mod:`apax_core.md.capacity`); tests of the memory point it at a file of their own."""
+    from apax_core.md import capacity
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(capacity, "_path", lambda: None)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_capacity_in_memory(monkeypatch):
+    from apax_core.md import capacity
+
+    monkeypatch.setattr(capacity, "_MEMORY", {})
+
+
 @pytest.fixture(scope="session")
 def cuag_model() -> Model:
     return make_model()

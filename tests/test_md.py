@@ -36,7 +36,7 @@ from apax_core.config.md import (
 from apax_core.data import DataError
 from apax_core.errors import InputError
 from apax_core.md import build as md_build
-from apax_core.md import read_trajectory, run_md
+from apax_core.md import capacity, read_trajectory, run_md
 from apax_core.md.checks import reason_code, reasons, stop_detail, validate
 from apax_core.md.integrators import integrator
 from apax_core.md.io import append_frames, pressure_bar, trace
@@ -94,7 +94,9 @@ def nve_run(cuag_model, tmp_path_factory):
     records = Records()
     logging.getLogger("apax_core.md.run").addHandler(records)
     try:
-        result = run_md(cuag_model, cu108(), config, tmp_path_factory.mktemp("nve"))
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(capacity, "N_SAMPLES", 0)  # sized on the start only: it overflows
+            result = run_md(cuag_model, cu108(), config, tmp_path_factory.mktemp("nve"))
     finally:
         logging.getLogger("apax_core.md.run").removeHandler(records)
     return result, read_trajectory(result.trajectory), records.messages

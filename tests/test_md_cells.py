@@ -21,8 +21,8 @@ from apax_core.calculator import ApaxCalculator
 from apax_core.config.md import MDConfig
 from apax_core.data import write_frames
 from apax_core.errors import InputError
+from apax_core.md import capacity, read_trajectory, run_md
 from apax_core.md import image_neighbours as im
-from apax_core.md import read_trajectory, run_md
 from apax_core.md import run as md_run
 from apax_core.md.neighbours import IMAGES, MINIMUM_IMAGE, list_kind
 from apax_nodes.loop import LoopSettings, build_loop
@@ -212,9 +212,11 @@ def test_restart_on_the_image_list_equals_the_uninterrupted_run(
         capacity_multiplier=1.0,
     )
     atoms = water_box()
+    monkeypatch.setattr(capacity, "N_SAMPLES", 0)  # sized on the start only: it overflows
     full = run_md(water_model, atoms, config, tmp_path / "full", progress_bar=False)
     assert "neighbour list overflow" in caplog.text  # the capacity grew during the run
     reference = frame_arrays(read_trajectory(full.trajectory))
+    monkeypatch.setattr(capacity, "_MEMORY", {})  # the crashed run starts as the full one did
     crash_at_checkpoint(
         monkeypatch,
         lambda: run_md(water_model, atoms, config, tmp_path / "crash", progress_bar=False),

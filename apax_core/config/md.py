@@ -319,10 +319,11 @@ class MDConfig(Strict):
     """Neighbour-list skin in A: the list holds pairs within r_max + skin and is rebuilt once an
     atom has moved more than skin / 2."""
     capacity_multiplier: float = Field(1.1, ge=1.0)
-    """Neighbour slots per atom relative to the largest neighbour count at allocation
-    (dimensionless). Every
-    slot costs model work; an overflow is detected, the list reallocated and the chunk redone
-    (one recompilation), so a tight list is safe."""
+    """Neighbour slots per atom relative to the largest neighbour count of any atom at the
+    start or in thermally displaced copies of it at the schedule's hottest temperature
+    (:mod:`apax_core.md.capacity`), dimensionless. Every slot costs model work; an overflow is
+    detected, the list reallocated and the chunk redone (one recompilation), so a tight list is
+    safe."""
     extra_capacity: int = Field(0, ge=0)
     """Extra neighbour-list slots per atom on top of ``capacity_multiplier``."""
     seed: int = 1

@@ -30,6 +30,7 @@ import numpy as np
 from jax_md import space
 
 from apax_core.config.md import NPT, MDConfig
+from apax_core.md import capacity
 from apax_core.md import checks as stop
 from apax_core.md.barostats import bar_to_eva3
 from apax_core.md.integrators import integrator, kT_of
@@ -103,6 +104,8 @@ class Engine:
     chunk: Callable
     reasons: list
     """Reason text of each reason code."""
+    capacity_key: str
+    """Under what a grown neighbour capacity is remembered (:mod:`apax_core.md.capacity`)."""
 
 
 def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, kind: str) -> Engine:
@@ -143,6 +146,7 @@ def build_engine(model: Model, atoms: ase.Atoms, config: MDConfig, kind: str) ->
         init=jax.jit(init),
         chunk=jax.jit(chunk),
         reasons=stop.reasons(config.checks),
+        capacity_key=capacity.key(kind, atoms, config, model.config.r_max),
     )
 
 

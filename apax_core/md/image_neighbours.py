@@ -70,6 +70,8 @@ class ImageListFns(NamedTuple):
     """(s, cell, extra_capacity=0) -> ImageNeighbours, on the host (sizes K)."""
     update: Callable
     """(nbrs, s, cell) -> ImageNeighbours: the same list, or rebuilt; jittable."""
+    count: Callable
+    """(s, cell) -> int: the most neighbours of any atom, on the host."""
 
 
 # ------------------------------------------------------------------------------------ host
@@ -153,13 +155,15 @@ def image_neighbour_list(
         static_argnames="capacity",
     )
 
+    def count(s, cell) -> int:
+        return int(build_fn(s, cell, capacity=1).max_count)
+
     def allocate(s, cell, extra_capacity: int = 0) -> ImageNeighbours:
-        count = int(build_fn(s, cell, capacity=1).max_count)
-        capacity = max(1, int(count * capacity_multiplier) + int(extra_capacity))
+        capacity = max(1, int(count(s, cell) * capacity_multiplier) + int(extra_capacity))
         return build_fn(s, cell, capacity=capacity)
 
     update_fn = functools.partial(update, shifts=shifts, pbc=pbc, r_max=r_max, skin=skin)
-    return ImageListFns(allocate, update_fn)
+    return ImageListFns(allocate, update_fn, count)
 
 
 def error_text(nbrs: ImageNeighbours) -> str | None:

@@ -5,7 +5,7 @@ vectors (``space.periodic_general``; momenta and forces stay Cartesian). Molecul
 without a vector along an open axis get an invertible cell from
 :func:`~apax_core.md.image_neighbours.embedding_cell`, so every system lives in one kind of
 space. A :class:`PairList` knows its cell and periodicity and offers what the engine needs:
-``allocate`` and ``needed`` (host), ``update``, ``rebuilt`` and ``structure`` (jittable),
+``allocate``, ``count`` and ``needed`` (host), ``update``, ``rebuilt`` and ``structure`` (jittable),
 ``error`` and ``overflowed`` (host), ``save`` and ``restore`` (checkpoint).
 
 - :class:`ImageList` (``"images"``, :mod:`apax_core.md.image_neighbours`): any cell down to one
@@ -32,6 +32,7 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
+import vesin
 from jax_md import dataclasses, partition, space
 
 from apax_core.data.batch import Batch
@@ -90,7 +91,8 @@ def pair_list(
 @dataclass(frozen=True, eq=False)
 class PairList:
     """What the engine asks of a neighbour list. Each kind implements, on the host,
-    ``allocate(R, extra) -> list``, ``needed(list, R) -> int`` (slots that would have held
+    ``allocate(R, extra) -> list``, ``count(R) -> int`` (the most neighbours of any atom),
+    ``needed(list, R) -> int`` (slots that would have held
     what an overflowed list met), ``error(list) -> str | None``, ``overflowed(list) -> bool``,
     ``save(list) -> dict`` of arrays and ``restore(arrays, extra) -> list`` (bitwise), and,
     jittable, ``update(list, R, cell) -> list``, ``rebuilt(old, new) -> () bool`` and
@@ -149,6 +151,10 @@ class ImageList(PairList):
         """A fresh list at ``R`` with ``extra`` spare slots per atom (host)."""
         return self.fns.allocate(jnp.asarray(R), jnp.asarray(self.cell), extra)
 
+    def count(self, R) -> int:
+        """The most neighbours of any atom at ``R`` (host)."""
+        return self.fns.count(jnp.asarray(R), jnp.asarray(self.cell))
+
     def needed(self, nbrs: im.ImageNeighbours, R) -> int:
         """Slots per atom that would have held every neighbour ``nbrs`` met (host)."""
         return int(int(nbrs.max_count) * self.capacity_multiplier)
@@ -194,6 +200,14 @@ class MinimumImageList(PairList):
     def allocate(self, R, extra: int) -> partition.NeighborList:
         """A fresh list at ``R`` with ``extra`` spare slots per atom (host)."""
         return allocate(self.fns, jnp.asarray(R), extra)
+
+    def count(self, R) -> int:
+        """The most neighbours of any atom at ``R`` (host; vesin, the cell is periodic)."""
+        positions = np.asarray(R, float) @ self.cell
+        i = vesin.NeighborList(cutoff=self.r_max + self.skin, full_list=True).compute(
+            points=positions, box=self.cell, periodic=True, quantities="i"
+        )[0]
+        return int(np.bincount(i, minlength=len(positions)).max())
 
     def needed(self, nbrs: partition.NeighborList, R) -> int:
         """Slots per atom a list allocated at ``R`` (where the chunk ended) gets (host)."""

@@ -12,11 +12,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import ase
 import jax
@@ -29,6 +29,7 @@ from apax_core.config.md import NPT, MDConfig
 from apax_core.data import species_index
 from apax_core.data.io import truncate_h5md
 from apax_core.errors import InputError
+from apax_core.md import capacity
 from apax_core.md import checkpoint as ckpt
 from apax_core.md import checks as stop
 from apax_core.md.build import Carry, Engine, engine_for, transforms_of
@@ -52,7 +53,9 @@ class MDResult:
     status: dict
     """The content of ``md_status.json`` (:func:`~apax_core.md.io.status_dict`)."""
     timing: dict
-    """compile_s (first chunk minus a steady chunk) and us_per_atom_step (steady chunks)."""
+    """compile_s (first chunk minus a steady chunk), us_per_atom_step (steady chunks),
+    neighbour_slots (the list's final slots per atom) and chunk_programs (how many capacities,
+    each a compiled chunk, the run needed)."""
 
 
 def validate(
@@ -125,14 +128,34 @@ def _differing(saved: dict, current: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def _start(engine: Engine, atoms: ase.Atoms, config: MDConfig, variables: Variables):
-    """Fresh integrator state and neighbour list (idx (N, K)) at the positions of ``atoms``."""
+def _start(engine: Engine, atoms: ase.Atoms, config: MDConfig, variables: Variables, extra: int):
+    """Fresh integrator state and neighbour list (idx (N, K), ``extra`` spare slots per atom)
+    at the positions of ``atoms``."""
     R = jnp.asarray(engine.pairs.fractional(atoms.positions))
-    nbrs = engine.pairs.allocate(R, config.extra_capacity)
+    nbrs = engine.pairs.allocate(R, extra)
     momenta = jnp.asarray(atoms.get_momenta()) if config.load_momenta else None
     with quiet():
         state = engine.init(variables, jax.random.PRNGKey(config.seed), R, momenta, nbrs)
     return state, nbrs
+
+
+def _start_extra(engine: Engine, atoms: ase.Atoms, config: MDConfig) -> int:
+    """Spare slots per atom beyond the start's count: ``extra_capacity`` plus what the run's
+    hottest temperature or a remembered capacity asks for (:mod:`apax_core.md.capacity`)."""
+    pairs, mult = engine.pairs, engine.pairs.capacity_multiplier
+    start = capacity.slots(pairs.count(pairs.fractional(atoms.positions)), mult)
+    hot = capacity.thermal_count(
+        lambda x: pairs.count(pairs.fractional(x)), atoms, capacity.hottest(config)
+    )
+    target = max(capacity.slots(hot, mult), capacity.remembered(engine.capacity_key))
+    if target > start:
+        logger.info(
+            "neighbour list sized for %.0f K: %d slots (%d at the start)",
+            capacity.hottest(config),
+            target,
+            start,
+        )
+    return config.extra_capacity + max(0, target - start)
 
 
 def _resume(engine: Engine, config: MDConfig, variables: Variables, saved: ckpt.Checkpoint):
@@ -164,8 +187,9 @@ def _begin(
             if stale.exists():
                 logger.warning("starting afresh: replacing %s", stale)
             stale.unlink(missing_ok=True)
-        state, nbrs = _start(engine, atoms, config, variables)
-        return state, nbrs, RunState(0, 0, False, None, config.extra_capacity, run_id)
+        extra = _start_extra(engine, atoms, config)
+        state, nbrs = _start(engine, atoms, config, variables, extra)
+        return state, nbrs, RunState(0, 0, False, None, extra, run_id)
     state, nbrs = _resume(engine, config, variables, saved)
     if saved.run.n_frames:
         truncate_h5md(traj, saved.run.n_frames)
@@ -208,6 +232,8 @@ def run_md(
         variables = jax.device_put(model.variables)
         state, nbrs, run = _begin(engine, atoms, config, variables, traj, run_id, restart)
         run, chunks = _loop(engine, config, variables, state, nbrs, run, traj, progress_bar)
+    if chunks.programs > 1 and not run.stopped:  # a healthy run that had to grow its list
+        capacity.remember(engine.capacity_key, chunks.slots)
     return _finish(run, chunks, config, traj, len(atoms))
 
 
@@ -220,10 +246,11 @@ def _loop(
     run: RunState,
     traj: Path,
     progress_bar: bool,
-) -> tuple[RunState, list[tuple[float, int]]]:
+) -> tuple[RunState, Chunks]:
     """Chunks until the duration is reached or a stop check fires: the final run state and
-    (seconds, steps) of every kept chunk."""
+    what the loop saw (:class:`Chunks`)."""
     chunks: list[tuple[float, int]] = []
+    shapes = {_slots(nbrs)}
     bar = tqdm(
         total=config.n_steps,
         initial=min(run.step, config.n_steps),
@@ -241,13 +268,27 @@ def _loop(
             error = engine.pairs.error(out.nbrs)
             if error is not None:
                 nbrs, run = _grow(engine, state, out, run, error)
+                shapes.add(_slots(nbrs))
                 continue
             run = _keep_chunk(engine, config, out, run, traj, bar)
             state, nbrs = out.state, out.nbrs
             chunks.append((time.perf_counter() - t0, run.step - start))
     finally:
         bar.close()
-    return run, chunks
+    return run, Chunks(chunks, _slots(nbrs), len(shapes))
+
+
+class Chunks(NamedTuple):
+    """What the host loop saw: (seconds, steps) of every kept chunk, the list's final slots
+    per atom and the number of chunk programs (one per capacity) the run needed."""
+
+    times: list[tuple[float, int]]
+    slots: int
+    programs: int
+
+
+def _slots(nbrs) -> int:
+    return int(nbrs.idx.shape[-1])
 
 
 def _keep_chunk(
@@ -289,14 +330,14 @@ def _grow(engine: Engine, state, out: Carry, run: RunState, error: str):
     """A larger neighbour list at the chunk's start positions (the chunk is then redone), and
     the run state with its larger spare capacity.
 
-    The new capacity covers what the overflowed chunk reached (``PairList.needed``) and at
-    least 1.25 x the old one, so repeated overflows (each recompiles) are rare.
+    The new capacity covers what the overflowed chunk reached (``PairList.needed``; at least
+    :func:`~apax_core.md.capacity.grown` of the old one).
     """
     pairs = engine.pairs
     if not pairs.overflowed(out.nbrs):
         raise RuntimeError(f"neighbour list error: {error}")
-    old = int(out.nbrs.idx.shape[-1])
-    target = max(math.ceil(1.25 * old), pairs.needed(out.nbrs, out.state.position))
+    old = _slots(out.nbrs)
+    target = capacity.grown(old, pairs.needed(out.nbrs, out.state.position))
     new = pairs.allocate(state.position, run.extra_capacity)
     if int(new.idx.shape[-1]) < target:
         extra = run.extra_capacity + target - int(new.idx.shape[-1])
@@ -305,21 +346,23 @@ def _grow(engine: Engine, state, out: Carry, run: RunState, error: str):
     logger.warning(
         "neighbour list overflow (capacity %d); reallocated with %d slots, redoing the chunk",
         old,
-        int(new.idx.shape[-1]),
+        _slots(new),
     )
     return new, run
 
 
-def _finish(
-    run: RunState, chunks: Sequence[tuple[float, int]], config: MDConfig, traj: Path, n_atoms: int
-) -> MDResult:
+def _finish(run: RunState, chunks: Chunks, config: MDConfig, traj: Path, n_atoms: int) -> MDResult:
     """Write the final status, log how the run ended and what it cost."""
     status = status_dict(run, config.dt)
     write_status(traj.parent, status)
     if run.stopped:
         why = run.stop_detail["message"] if run.stop_detail else run.reason
         logger.warning("MD stopped at step %d (%.1f fs): %s", run.step, run.step * config.dt, why)
-    summary = _timing(chunks, n_atoms)
+    summary = _timing(chunks.times, n_atoms)
+    summary |= {"neighbour_slots": chunks.slots, "chunk_programs": chunks.programs}
+    logger.info(
+        "neighbour list: %d slots per atom; %d chunk program(s)", chunks.slots, chunks.programs
+    )
     if summary["us_per_atom_step"] is not None:
         logger.info(
             "%.2f us/atom/step over the steady chunks (compilation %.1f s not included)",

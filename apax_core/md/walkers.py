@@ -144,7 +144,8 @@ def _stamp(path: Path) -> tuple:
 
 
 def walker_task(job: WalkerJob) -> dict:
-    """Run (or continue) one walker; its status plus the steady cost in us/atom/step."""
+    """Run (or continue) one walker; its status plus the steady cost in us/atom/step, the
+    neighbour list's slots per atom and the chunk programs it needed."""
     model = _model(job.model_dir, _stamp(Path(job.model_dir)))
     if job.engine == "lammps":
         from apax_core.lammps_md import run_lammps_md
@@ -153,7 +154,8 @@ def walker_task(job: WalkerJob) -> dict:
     from apax_core.md.run import run_md
 
     result = run_md(model, job.atoms, job.config, job.directory, progress_bar=job.progress_bar)
-    return {**result.status, "us_per_atom_step": result.timing["us_per_atom_step"]}
+    keep = ("us_per_atom_step", "neighbour_slots", "chunk_programs")
+    return {**result.status, **{k: result.timing[k] for k in keep}}
 
 
 def run_walkers(
