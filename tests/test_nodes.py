@@ -300,3 +300,14 @@ def test_a_stage_process_imports_jax_md_and_e3nn_only_when_it_needs_them():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_data_stage_process_imports_no_jax():
+    """`zntrack run apax_nodes.split.Split` (and the other data stages) imports its own node's
+    dependencies only (apax_nodes resolves its names on first use): no JAX, flax or optax, whose
+    import is seconds per stage of every iteration."""
+    modules = ["split", "label", "dataset", "build_bulk", "bootstrap", "report"]
+    code = "import sys, apax_nodes; " + "; ".join(f"import apax_nodes.{m}" for m in modules)
+    code += "; print(sorted({'jax', 'flax', 'optax'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -7,8 +7,6 @@ import logging
 from pathlib import Path
 from typing import Annotated, Literal
 
-import optax
-import optax.contrib
 from pydantic import BeforeValidator, Discriminator, Field, PositiveInt, Tag, model_validator
 
 from apax_core.config.common import Strict
@@ -299,7 +297,11 @@ Schedule = Annotated[
 
 
 def optax_optimizer(name: str):
-    """The optax constructor behind an optimizer name."""
+    """The optax constructor behind an optimizer name (optax, and with it JAX, is imported here:
+    a config is read by processes that never train)."""
+    import optax
+    import optax.contrib
+
     return {
         "adam": optax.adam,
         "adamw": optax.adamw,
@@ -319,6 +321,8 @@ class OptimizerConfig(Strict):
 
     @model_validator(mode="after")
     def _kwargs_known(self) -> OptimizerConfig:
+        if not self.kwargs:
+            return self
         allowed = set(inspect.signature(optax_optimizer(self.name)).parameters) - {"learning_rate"}
         unknown = sorted(set(self.kwargs) - allowed)
         if unknown:
