@@ -38,6 +38,7 @@ from apax_core.transforms import (
     has_energy_hook,
     mean_std,
     member_predictions,
+    shallow,
     total_energies,
     wrapped_apply,
     zero_strain,
@@ -88,9 +89,19 @@ def _compute(model: Model, mode: Mode, stress: bool, chain: Sequence[Transform])
     if mode == "uncertainty" and ensemble:
         member_apply = None if has_energy_hook(chain) else model.member_apply
         chunk = model.config.member_chunk
+        gradients = None
+        if not has_energy_hook(chain) and shallow.supports(model):
+            gradients = functools.partial(shallow.member_gradients, model, chunk_size=chunk)
 
         def members(params, s):
-            out = member_predictions(apply, params, s, member_apply=member_apply, chunk_size=chunk)
+            out = member_predictions(
+                apply,
+                params,
+                s,
+                member_apply=member_apply,
+                chunk_size=chunk,
+                gradients=gradients,
+            )
             return out if stress else {k: v for k, v in out.items() if not k.startswith("stress")}
 
         return members

@@ -88,6 +88,80 @@ def test_chunked_force_jacobian_equals_unchunked(cells):
     np.testing.assert_allclose(a["forces_ensemble"], b["forces_ensemble"], atol=1e-12)
 
 
+@pytest.mark.parametrize("chunk_size, atom_block", [(None, 128), (2, 3)])
+def test_shallow_member_forces_equal_each_members_gradient(chunk_size, atom_block, monkeypatch):
+    """The shallow GMNN path (one forward pass, the members batched through one backward pass,
+    transforms/shallow.py) against jax.grad of every member's energy on its own: member forces
+    and stresses, and the spread the predictor reports; on a two-element structure padded
+    beside a larger one (padding atoms and pair slots), with and without member chunks, in
+    one block of atoms and in several (the last one padded)."""
+    import jax
+
+    from apax_core.config import PadToMax
+    from apax_core.data import Dataset
+    from apax_core.transforms import member_predictions, shallow, total_energies, zero_strain
+    from apax_core.transforms.derivatives import inverse_volume
+
+    monkeypatch.setattr(shallow, "ATOM_BLOCK", atom_block)
+    ensemble = {"kind": "shallow", "n_members": 5, "chunk_size": chunk_size}
+    model = make_model(elements=(29, 47), ensemble=ensemble, seed=2)
+    assert shallow.supports(model)
+    small, large = emt_frames(1, seed=8, size=(1, 1, 1)) + emt_frames(1, seed=9, size=(2, 1, 1))
+    small.numbers[[0, 2]] = 47
+    structures = [from_atoms(a) for a in (small, large)]
+    with x64():
+        batch = next(
+            Dataset(structures, model.config.r_max).batches(2, PadToMax(), shuffle=False, seed=0)
+        )
+        s = jax.tree.map(lambda x: x[0], batch)
+        n_real = len(small)
+        assert s.positions.shape[0] > n_real  # padded
+
+        def member_energy(positions, strain, m):
+            return total_energies(model.apply, model.params, positions, strain, s)[m]
+
+        grads = [
+            jax.grad(member_energy, argnums=(0, 1))(s.positions, zero_strain(), m)
+            for m in range(ensemble["n_members"])
+        ]
+        ref_forces = -np.stack([np.asarray(g[0]) for g in grads], -1)[:n_real]
+        ref_stress = np.stack([np.asarray(g[1]) for g in grads], -1) * inverse_volume(s.cell)
+
+        energies, g_r, g_eps = jax.jit(
+            lambda p, s: shallow.member_gradients(model, p, s, chunk_size=chunk_size)
+        )(model.params, s)
+        np.testing.assert_allclose(-np.moveaxis(g_r, 0, -1)[:n_real], ref_forces, atol=1e-11)
+        np.testing.assert_allclose(g_r[:, n_real:], 0.0, atol=1e-11)
+        np.testing.assert_allclose(
+            np.moveaxis(g_eps, 0, -1) * inverse_volume(s.cell), ref_stress, atol=1e-11
+        )
+
+        out = compiled(model, "uncertainty")(model.variables, batch)
+        generic = jax.jit(lambda p, s: member_predictions(model.apply, p, s))(model.params, s)
+    np.testing.assert_allclose(out["energy_ensemble"][0], energies, rtol=1e-12)
+    np.testing.assert_allclose(out["forces_ensemble"][0, :n_real], ref_forces, atol=1e-11)
+    np.testing.assert_allclose(out["stress_ensemble"][0], ref_stress, atol=1e-11)
+    np.testing.assert_allclose(
+        out["forces_uncertainty"][0, :n_real],
+        np.std(ref_forces, axis=-1, ddof=ENSEMBLE_DDOF),
+        atol=1e-11,
+    )
+    for key in ("forces_ensemble", "forces_uncertainty", "stress_uncertainty"):
+        np.testing.assert_allclose(out[key][0], generic[key], atol=1e-11)
+
+
+def test_shallow_path_is_used_only_where_it_applies():
+    """ZBL, full ensembles and single models take the generic member VJPs (as do energy
+    transforms, which the predictor checks)."""
+    from apax_core.transforms import shallow
+
+    shallow_ens = {"kind": "shallow", "n_members": 3}
+    assert shallow.supports(make_model(elements=(29,), ensemble=shallow_ens))
+    assert not shallow.supports(make_model(elements=(29,), ensemble=shallow_ens, zbl={}))
+    assert not shallow.supports(make_model(elements=(29,), ensemble=ENSEMBLES[1]))
+    assert not shallow.supports(make_model(elements=(29,)))
+
+
 def toy_predictions(rng, n, overconfidence=1.0):
     """Errors drawn from N(0, sigma) while the model reports sigma / overconfidence."""
     preds, structures = [], []

@@ -64,14 +64,20 @@ def member_gradients(apply, params, s: Batch, *, member_apply=None, chunk_size=N
     return energies, g_r, g_eps
 
 
-def member_predictions(apply, params, s: Batch, *, member_apply=None, chunk_size=None) -> dict:
+def member_predictions(
+    apply, params, s: Batch, *, member_apply=None, chunk_size=None, gradients=None
+) -> dict:
     """Every member's energy, forces and stress with their means and standard deviations
     (eq. 6, right): ``<q>``, ``<q>_ensemble`` (members on the last axis), ``<q>_uncertainty``.
     Members: energy (M,), forces (N, 3, M), stress (3, 3, M); means and standard deviations
-    drop the M axis."""
-    energies, g_r, g_eps = member_gradients(
-        apply, params, s, member_apply=member_apply, chunk_size=chunk_size
-    )
+    drop the M axis. ``gradients``: ``(params, s) -> (energies, g_r, g_eps)`` in place of
+    :func:`member_gradients` (the shallow GMNN path, ``transforms/shallow.py``)."""
+    if gradients is not None:
+        energies, g_r, g_eps = gradients(params, s)
+    else:
+        energies, g_r, g_eps = member_gradients(
+            apply, params, s, member_apply=member_apply, chunk_size=chunk_size
+        )
     forces = -jnp.moveaxis(g_r, 0, -1) * s.atom_mask[:, None, None]  # (N, 3, M)
     stress = jnp.moveaxis(g_eps, 0, -1) * inverse_volume(s.cell)  # (3, 3, M)
     out = {"energy_ensemble": energies, "forces_ensemble": forces, "stress_ensemble": stress}
