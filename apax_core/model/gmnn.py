@@ -151,6 +151,17 @@ def descriptor_size(n_radial: int, n_contr: int) -> int:
     return sum(group_sizes(n_radial, n_contr))
 
 
+def radial_channels(r, onehot, neighbour_onehot, coeffs, pair_mask, config: GMNNConfig):
+    """The learned radial channels (N, K, S), R[n, k, s] = sum_q c[Z_n, Z_j, s, q] g_q(r_nk)
+    w(r_nk), from distances r (N, K), one-hot species of the centres (N, A) and of their neighbours
+    (N, K, A), coefficients (A, A, S, Q) and the pair mask (N, K): pick Z_j, contract q, then
+    pick Z_n."""
+    weight = cosine_cutoff(r, config.r_max) * pair_mask
+    basis = radial_basis(r, config) * weight[..., None]  # (N, K, Q)
+    per_j = jnp.einsum("nkb,nkq,absq->nkas", neighbour_onehot, basis, coeffs)
+    return jnp.einsum("na,nkas->nks", onehot, per_j)
+
+
 def _symmetric_uniform(key, shape, dtype):
     """U(-1, 1) initial radial coefficients."""
     return jax.random.uniform(key, shape, dtype, -1.0, 1.0)
@@ -181,10 +192,6 @@ class GaussianMoments(nn.Module):
             self.dtype,
         )
         onehot = jax.nn.one_hot(species, self.n_species, dtype=self.dtype)  # (N, A)
-        weight = cosine_cutoff(r, cfg.r_max) * pair_mask
-        basis = radial_basis(r, cfg) * weight[..., None]  # (N, K, Q)
-        # R[n, k, s] = sum_q c[Z_n, Z_j, s, q] g_q(r_nk): pick Z_j, contract q, then pick Z_n.
-        per_j = jnp.einsum("nkb,nkq,absq->nkas", onehot[idx_j], basis, coeffs)
-        radial = jnp.einsum("na,nkas->nks", onehot, per_j)
+        radial = radial_channels(r, onehot, onehot[idx_j], coeffs, pair_mask, cfg)
 
         return contractions(*moments(radial, unit), cfg.n_contr)

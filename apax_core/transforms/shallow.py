@@ -32,8 +32,8 @@ import jax.numpy as jnp
 
 from apax_core.config import GMNNConfig
 from apax_core.data.batch import Batch
-from apax_core.model.basis import cosine_cutoff, masked_pairs
-from apax_core.model.gmnn import contractions, moments, moments_pullback, radial_basis
+from apax_core.model.basis import masked_pairs
+from apax_core.model.gmnn import contractions, moments, moments_pullback, radial_channels
 from apax_core.model.readout import Readout
 from apax_core.precision import network_dtype
 from apax_core.transforms.derivatives import pair_vectors, zero_strain
@@ -95,11 +95,8 @@ def _forward(model, params, s: Batch) -> tuple[jax.Array, Trunk]:
     neighbour_onehot = onehot[s.idx_j]
     coeffs = params["representation"]["radial_coeffs"]
 
-    def radial_of(r):  # GaussianMoments: R[n, k, s] = sum_q c[Z_n, Z_j, s, q] g_q(r_nk)
-        weight = cosine_cutoff(r, cfg.r_max) * s.pair_mask
-        basis = radial_basis(r, cfg) * weight[..., None]
-        per_j = jnp.einsum("nkb,nkq,absq->nkas", neighbour_onehot, basis, coeffs)
-        return jnp.einsum("na,nkas->nks", onehot, per_j)
+    def radial_of(r):
+        return radial_channels(r, onehot, neighbour_onehot, coeffs, s.pair_mask, cfg)
 
     dr_vec = pair_vectors(s.positions, s.offsets, s.idx_j, zero_strain())
     dr, r = masked_pairs(dr_vec, s.pair_mask, dtype)
