@@ -42,7 +42,7 @@ from apax_core.model import ModelStatistics, build_model, init_params
 from apax_core.model_dir import Model, load_model
 from apax_core.precision import x64
 
-REPEATS = {48: (2, 2, 3), 96: (2, 3, 4), 108: 3, 864: 6, 6912: 12}
+REPEATS = {48: (2, 2, 3), 96: (2, 3, 4), 108: 3, 256: 4, 864: 6, 6912: 12}
 STEPS = {48: 1000, 96: 500, 108: 500, 864: 200, 6912: 100}
 """Steps per chunk: a multiple of the sampling rate, so every chunk keeps frames."""
 ASE_STEPS = {48: 100, 96: 50, 108: 50, 864: 20, 6912: 5}

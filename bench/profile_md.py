@@ -53,7 +53,7 @@ from common import table, write_result
 from jax_md import dataclasses as jmd_dataclasses
 from md_speed import cu, reference_model
 
-from apax_core.config import EquivMPConfig
+from apax_core.config import EquivMPConfig, GMNNConfig
 from apax_core.config.md import MDConfig
 from apax_core.md.build import engine_for
 from apax_core.md.model_adapter import dynamics_energy
@@ -75,6 +75,18 @@ T = 600.0
 def equivmp_model() -> Model:
     """Random EquivMP with the defaults of EquivMPConfig and Cu statistics."""
     config = EquivMPConfig(precision="fp32")
+    stats = ModelStatistics((29,), (-3.5,), (0.5,))
+    with x64():
+        params = init_params(build_model(config, stats), jax.random.PRNGKey(0))
+    return Model(config, stats, params)
+
+
+def apax_size_model() -> Model:
+    """Random GMNN of apax 0.14's default size (the size bench/vs_apax.py trains): Bessel basis,
+    n_basis 16, n_radial 5, r_max 5, readout [256, 256], fp32, Cu statistics."""
+    config = GMNNConfig(
+        basis="bessel", n_basis=16, n_radial=5, r_max=5.0, hidden=[256, 256], precision="fp32"
+    )
     stats = ModelStatistics((29,), (-3.5,), (0.5,))
     with x64():
         params = init_params(build_model(config, stats), jax.random.PRNGKey(0))
@@ -305,8 +317,9 @@ def arguments() -> argparse.Namespace:
 
 
 STEPS = {("gmnn", 108): 100, ("gmnn", 864): 50, ("equivmp", 108): 50, ("equivmp", 864): 20}
+STEPS |= {("gmnn_apax", 256): 100, ("gmnn_apax", 864): 50, ("gmnn", 256): 100}
 """Steps per chunk (a kept frame every min(50, steps) steps)."""
-COUNT_STEPS = {108: 40, 864: 20}
+COUNT_STEPS = {108: 40, 256: 30, 864: 20}
 
 
 def main() -> None:
@@ -314,7 +327,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     sizes = [108] if args.quick else [int(s) for s in args.sizes.split(",")]
     repeats = 2 if args.quick else args.repeats
-    makers = {"gmnn": reference_model, "equivmp": equivmp_model}
+    makers = {"gmnn": reference_model, "gmnn_apax": apax_size_model, "equivmp": equivmp_model}
     rows, slots, raw = [], [], {}
     t_start = time.perf_counter()
     for name in args.models.split(","):

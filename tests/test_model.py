@@ -219,3 +219,70 @@ def test_moments_vjp_equals_autodiff_of_the_plain_sums():
         grads = jax.grad(loss, argnums=(1, 2))
         for a, b in zip(grads(moments, radial, unit), grads(plain, radial, unit), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_float32_sin_cos_match_float64_and_differentiate_to_each_other():
+    """The float32 polynomial sine and cosine of the radial basis, against float64 over the
+    arguments a Bessel basis meets (k pi r / r_max up to ~70) and far beyond; their derivatives
+    are the other function."""
+    import jax
+    import jax.numpy as jnp
+
+    from apax_core.model.basis import sin_cos
+    from apax_core.precision import x64
+
+    with x64():
+        y = jnp.linspace(-1000.0, 1000.0, 400_001, dtype=jnp.float32)
+        exact = y.astype(jnp.float64)
+        d_sin = jax.vmap(jax.grad(sin_cos))(y)
+        d_cos = jax.vmap(jax.grad(lambda y: sin_cos(y, cos=True)))(y)
+        for got, want in [
+            (sin_cos(y), jnp.sin(exact)),
+            (sin_cos(y, cos=True), jnp.cos(exact)),
+            (d_sin, jnp.cos(exact)),
+            (d_cos, -jnp.sin(exact)),
+        ]:
+            assert got.dtype == jnp.float32
+            np.testing.assert_allclose(got, want, rtol=0, atol=3e-7)
+        x = jnp.linspace(-3.0, 3.0, 7)  # float64 keeps XLA's functions
+        np.testing.assert_array_equal(sin_cos(x), jnp.sin(x))
+
+
+def test_radial_channels_vjp_equals_autodiff_of_the_plain_contraction():
+    """The radial channels' VJP (kept slope d R / d r) against JAX's derivative of the plain
+    basis contraction, two species, float32 as the models run: the distances' and the
+    coefficients' cotangents, and the gradient of a force-like loss (training's second order)."""
+    import jax
+    import jax.numpy as jnp
+
+    from apax_core.config import GMNNConfig
+    from apax_core.model import gmnn
+
+    cfg = GMNNConfig(basis="bessel", n_basis=6, n_radial=3, r_max=4.0)
+    k = jax.random.split(jax.random.PRNGKey(5), 4)
+    r = jax.random.uniform(k[0], (5, 7), jnp.float32, 1.0, 4.5)
+    mask = jax.random.uniform(k[1], (5, 7)) < 0.8
+    onehot = jax.nn.one_hot(jnp.array([0, 1, 1, 0, 1]), 2, dtype=jnp.float32)
+    neighbour_onehot = onehot[jax.random.randint(k[2], (5, 7), 0, 5)]
+    coeffs = jax.random.uniform(k[3], (2, 2, 3, 6), jnp.float32, -1.0, 1.0)
+
+    def plain(r, c):
+        basis = gmnn._weighted_basis(r, mask, cfg)
+        return gmnn._contract(basis, onehot, neighbour_onehot, c)
+
+    def ours(r, c):
+        return gmnn.radial_channels(r, onehot, neighbour_onehot, c, mask, cfg)
+
+    def force_loss(fn, c):  # d/dc of a loss on d(sum R^2)/dr, as force training takes it
+        return jnp.sum(jnp.sin(jax.grad(lambda r: jnp.sum(fn(r, c) ** 2))(r)))
+
+    np.testing.assert_allclose(ours(r, coeffs), plain(r, coeffs), rtol=1e-6, atol=1e-6)
+    g = jnp.cos(plain(r, coeffs))
+    for a, b in zip(jax.vjp(ours, r, coeffs)[1](g), jax.vjp(plain, r, coeffs)[1](g), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        jax.grad(force_loss, 1)(ours, coeffs),
+        jax.grad(force_loss, 1)(plain, coeffs),
+        rtol=1e-4,
+        atol=1e-4,
+    )

@@ -12,8 +12,8 @@ once and the M cotangents travel together:
 - moments: :func:`apax_core.model.gmnn.moments_pullback`, the members folded into the columns
   of its two per-atom GEMMs, so pair intermediates are (N, K, M, S) and (N, K, M, 3), never
   (N, K, S, 40) per member;
-- radial channels and unit vectors: dR/dr from one forward-mode pass and the unit vectors,
-  shared by all members;
+- radial channels and unit vectors: dR/dr from one forward-mode pass (``radial_and_slope``)
+  and the unit vectors, shared by all members;
 - positions and strain: one scatter (M * 3 columns) and one contraction for all members.
 
 Used for shallow GMNN ensembles without an energy transform and without ZBL (the predictor
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from apax_core.config import GMNNConfig
 from apax_core.data.batch import Batch
 from apax_core.model.basis import masked_pairs
-from apax_core.model.gmnn import contractions, moments, moments_pullback, radial_channels
+from apax_core.model.gmnn import contractions, moments, moments_pullback, radial_and_slope
 from apax_core.model.readout import Readout
 from apax_core.precision import network_dtype
 from apax_core.transforms.derivatives import pair_vectors, zero_strain
@@ -94,14 +94,10 @@ def _forward(model, params, s: Batch) -> tuple[jax.Array, Trunk]:
     onehot = jax.nn.one_hot(species, len(stats.elements), dtype=dtype)
     neighbour_onehot = onehot[s.idx_j]
     coeffs = params["representation"]["radial_coeffs"]
-
-    def radial_of(r):
-        return radial_channels(r, onehot, neighbour_onehot, coeffs, s.pair_mask, cfg)
-
     dr_vec = pair_vectors(s.positions, s.offsets, s.idx_j, zero_strain())
     dr, r = masked_pairs(dr_vec, s.pair_mask, dtype)
     unit = dr / r[..., None]
-    radial, d_radial_dr = jax.jvp(radial_of, (r,), (jnp.ones_like(r),))
+    radial, d_radial_dr = radial_and_slope(r, onehot, neighbour_onehot, coeffs, s.pair_mask, cfg)
     m = moments(radial, unit)
     features = contractions(*m, cfg.n_contr)
 
