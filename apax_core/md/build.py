@@ -68,6 +68,9 @@ class Carry(NamedTuple):
     """Kept frames, each key (frames_per_chunk, ...), e.g. positions (F, N, 3)."""
     count: jax.Array
     """() int32: frames in ``buf``."""
+    previous: jax.Array
+    """(N, 3) fractional positions one step back (at a chunk's start: the current ones), from
+    which the next step's positions are extrapolated for the list (:func:`_advancer`)."""
 
 
 def transforms_of(config: MDConfig) -> tuple[Transform, ...]:
@@ -203,18 +206,22 @@ def _advancer(integ, record, config: MDConfig, pairs: PairList, cell_of, n_atoms
 
     def advance(variables: Variables, blank: dict, c: Carry) -> Carry:
         """One step whose forces always come from a list valid at the new positions (and
-        cell): the list is checked where the step moved to, and if it had to be rebuilt there
-        the step is redone from the same state (same random key) with the rebuilt list. On
-        kept steps the full prediction is made and checked; the frame goes to
-        ``buf[count]``."""
+        cell). The list is first brought up to date where the step is expected to go (the
+        last step's displacement repeated), so a rebuild rarely costs a second force: the
+        list is then checked where the step moved to, and if it had to be rebuilt there the
+        step is redone from the same state (same random key) with the rebuilt list. On kept
+        steps the full prediction is made and checked; the frame goes to ``buf[count]``."""
         kT, pressure = targets(c.step * dt)
 
         def move(nbrs):
             return integ.step(c.state, kT, pressure, neighbor=nbrs, params=variables)
 
-        state = move(c.nbrs)
-        nbrs = pairs.update(c.nbrs, state.position, cell_of(state))
-        state = jax.lax.cond(pairs.rebuilt(c.nbrs, nbrs), move, lambda _: state, nbrs)
+        expected = _extrapolated(c.previous, c.state.position)
+        expected = pairs.wrap(expected) if pairs.wrapped else expected
+        ahead = pairs.update(c.nbrs, expected, cell_of(c.state))
+        state = move(ahead)
+        nbrs = pairs.update(ahead, state.position, cell_of(state))
+        state = jax.lax.cond(pairs.rebuilt(ahead, nbrs), move, lambda _: state, nbrs)
         step = c.step + 1
 
         def keep(_):
@@ -226,9 +233,16 @@ def _advancer(integ, record, config: MDConfig, pairs: PairList, cell_of, n_atoms
         # Written every step (in place, one frame); only kept finite frames advance the count.
         buf = jax.tree.map(lambda b, x: b.at[c.count].set(x), c.buf, frame)
         count = c.count + (sample & (code != stop.NAN)).astype(jnp.int32)
-        return Carry(state, nbrs, step, code != 0, code, buf, count)
+        return Carry(state, nbrs, step, code != 0, code, buf, count, c.state.position)
 
     return advance
+
+
+def _extrapolated(previous, current):
+    """current + (current - previous) in fractional coordinates, the difference taken to the
+    nearest image (a step moves far less than half a cell; wrapped positions jump by 1)."""
+    delta = current - previous
+    return current + delta - jnp.round(delta)
 
 
 def _chunker(record, advance, config: MDConfig) -> Callable:
@@ -243,7 +257,7 @@ def _chunker(record, advance, config: MDConfig) -> Callable:
             lambda x: jnp.zeros((config.frames_per_chunk, *x.shape), x.dtype), shapes
         )
         zero = jnp.zeros((), jnp.int32)
-        carry = Carry(state, nbrs, step, jnp.zeros((), bool), zero, buf, zero)
+        carry = Carry(state, nbrs, step, jnp.zeros((), bool), zero, buf, zero, state.position)
         end = jnp.minimum(end, step + config.n_inner)
         return jax.lax.while_loop(
             lambda c: jnp.logical_not(c.stopped) & (c.step < end),
