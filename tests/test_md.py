@@ -721,3 +721,17 @@ def test_bad_input_fails_before_any_work(cuag_model, shallow, tmp_path):
         MDConfig(duration=10, checks=[check], force_uncertainty=False)
     with pytest.raises(ValidationError, match="Extra inputs"):
         MDConfig.model_validate({"duration": 10, "thermostat_chain": {}})
+
+
+def test_expected_positions_repeat_the_last_step_across_the_cell_boundary():
+    """The list is updated at the extrapolated positions before a step: the last displacement
+    repeated, taken to the nearest image when the positions were wrapped across a face."""
+    import jax.numpy as jnp
+
+    from apax_core.md.build import _extrapolated
+
+    previous = jnp.array([[0.99, 0.5, 0.20], [0.40, 0.02, 0.7]])
+    current = jnp.array([[0.01, 0.5, 0.21], [0.41, 0.98, 0.7]])
+    np.testing.assert_allclose(
+        _extrapolated(previous, current), [[0.03, 0.5, 0.22], [0.42, 0.94, 0.7]], atol=1e-6
+    )
