@@ -3,14 +3,14 @@
     python bench/profile_md.py [--sizes 108,864] [--models gmnn,equivmp] [--quick]
 
 Models: the random reference GMNN of bench/md_speed.py (n_basis 7, n_radial 5, r_max 5,
-hidden [128, 128], fp32) and EquivMP with the defaults of ``EquivMPConfig`` (r_max 6, l_max 2,
-32 channels, 2 layers, fp32). The engine is the one ``run_md`` builds (``build_engine``:
-Nose-Hoover NVT at 600 K, dt 1 fs, skin 0.4 A, a kept frame every 50 steps (every chunk of
-fewer), the list kind the
-engine picks for the cell). After two warm-up chunks (compilation, thermal motion; the list
-grown on overflow as the engine does), each part is
-its own jitted program on the same state, timed after a first (compiling) call as the minimum
-over repeats of ``block_until_ready`` calls:
+hidden [128, 128], fp32), EquivMP with the defaults of ``EquivMPConfig`` (r_max 6, l_max 2,
+32 channels, 2 layers, fp32) and ``gmnn_apax``, a GMNN of apax 0.14's default size (Bessel
+basis, n_basis 16, readout [256, 256]; sizes 256 and 864). The engine is the one ``run_md``
+builds (``build_engine``: Nose-Hoover NVT at 600 K, dt 1 fs, skin 0.4 A, a kept frame every
+50 steps (every chunk of fewer), the list kind the engine picks for the cell). After two
+warm-up chunks (compilation, thermal motion; the list grown on overflow as the engine does),
+each part is its own jitted program on the same state, timed after a first (compiling) call
+as the minimum over repeats of ``block_until_ready`` calls:
 
 - pair vectors: the engine's Batch from fractional positions and the list, and r_ij (fp64);
 - descriptor: the representation's forward pass, pair vectors -> per-atom features;
@@ -51,7 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from common import table, write_result
 from jax_md import dataclasses as jmd_dataclasses
-from md_speed import cu, reference_model
+from md_speed import cu, random_model, reference_model
 
 from apax_core.config import EquivMPConfig, GMNNConfig
 from apax_core.config.md import MDConfig
@@ -59,7 +59,6 @@ from apax_core.md.build import engine_for
 from apax_core.md.model_adapter import dynamics_energy
 from apax_core.md.neighbours import MINIMUM_IMAGE, quiet, standard_frame
 from apax_core.md.run import neighbour_kind
-from apax_core.model import ModelStatistics, build_model, init_params
 from apax_core.model.potential import representation
 from apax_core.model.readout import Readout
 from apax_core.model_dir import Model
@@ -73,24 +72,18 @@ T = 600.0
 
 
 def equivmp_model() -> Model:
-    """Random EquivMP with the defaults of EquivMPConfig and Cu statistics."""
-    config = EquivMPConfig(precision="fp32")
-    stats = ModelStatistics((29,), (-3.5,), (0.5,))
-    with x64():
-        params = init_params(build_model(config, stats), jax.random.PRNGKey(0))
-    return Model(config, stats, params)
+    """Random EquivMP with the defaults of EquivMPConfig."""
+    return random_model(EquivMPConfig(precision="fp32"))
 
 
 def apax_size_model() -> Model:
     """Random GMNN of apax 0.14's default size (the size bench/vs_apax.py trains): Bessel basis,
-    n_basis 16, n_radial 5, r_max 5, readout [256, 256], fp32, Cu statistics."""
-    config = GMNNConfig(
-        basis="bessel", n_basis=16, n_radial=5, r_max=5.0, hidden=[256, 256], precision="fp32"
+    n_basis 16, n_radial 5, r_max 5, readout [256, 256], fp32."""
+    return random_model(
+        GMNNConfig(
+            basis="bessel", n_basis=16, n_radial=5, r_max=5.0, hidden=[256, 256], precision="fp32"
+        )
     )
-    stats = ModelStatistics((29,), (-3.5,), (0.5,))
-    with x64():
-        params = init_params(build_model(config, stats), jax.random.PRNGKey(0))
-    return Model(config, stats, params)
 
 
 def md_config(steps: int) -> MDConfig:
@@ -316,8 +309,11 @@ def arguments() -> argparse.Namespace:
     return p.parse_args()
 
 
-STEPS = {("gmnn", 108): 100, ("gmnn", 864): 50, ("equivmp", 108): 50, ("equivmp", 864): 20}
-STEPS |= {("gmnn_apax", 256): 100, ("gmnn_apax", 864): 50, ("gmnn", 256): 100}
+STEPS = {
+    **{("gmnn", 108): 100, ("gmnn", 256): 100, ("gmnn", 864): 50},
+    **{("gmnn_apax", 256): 100, ("gmnn_apax", 864): 50},
+    **{("equivmp", 108): 50, ("equivmp", 864): 20},
+}
 """Steps per chunk (a kept frame every min(50, steps) steps)."""
 COUNT_STEPS = {108: 40, 256: 30, 864: 20}
 
