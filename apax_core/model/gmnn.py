@@ -163,12 +163,17 @@ def _contract(basis, onehot, neighbour_onehot, coeffs):
     return jnp.einsum("na,nkas->nks", onehot, per_j)
 
 
+def _radial(r, coeffs, onehot, neighbour_onehot, pair_mask, config: GMNNConfig):
+    """The radial channels (N, K, S) as a plain function (see :func:`radial_channels`)."""
+    return _contract(_weighted_basis(r, pair_mask, config), onehot, neighbour_onehot, coeffs)
+
+
 def radial_and_slope(r, onehot, neighbour_onehot, coeffs, pair_mask, config: GMNNConfig):
     """The radial channels (N, K, S) and their derivative d R / d r (N, K, S), from one
     forward-mode pass (the basis' sines and their cosines share one evaluation)."""
 
     def radial_of(r):
-        return _contract(_weighted_basis(r, pair_mask, config), onehot, neighbour_onehot, coeffs)
+        return _radial(r, coeffs, onehot, neighbour_onehot, pair_mask, config)
 
     return jax.jvp(radial_of, (r,), (jnp.ones_like(r),))
 
@@ -188,7 +193,7 @@ def radial_channels(r, onehot, neighbour_onehot, coeffs, pair_mask, config: GMNN
 
     @jax.custom_vjp
     def channels(r, coeffs, onehot, neighbour_onehot, pair_mask):
-        return _contract(_weighted_basis(r, pair_mask, config), onehot, neighbour_onehot, coeffs)
+        return _radial(r, coeffs, onehot, neighbour_onehot, pair_mask, config)
 
     def fwd(r, coeffs, onehot, neighbour_onehot, pair_mask):
         radial, slope = radial_and_slope(r, onehot, neighbour_onehot, coeffs, pair_mask, config)
