@@ -291,15 +291,28 @@ def test_a_failed_repro_leaves_no_stage_output_for_git_to_capture(tmp_path):
 
 
 def test_a_stage_process_imports_jax_md_and_e3nn_only_when_it_needs_them():
-    """Every `zntrack run` imports apax_nodes; importing jax_md compiles about 120 small XLA
-    programs (its rigid_body module) and e3nn-jax takes a second or more: time per stage that
-    Train, Label or Select of a GMNN never use."""
+    """Every `zntrack run` imports apax_nodes; jax-md (even its light parts) and e3nn-jax (a
+    second or more) are time per stage that Train, Label or Select of a GMNN never use."""
     code = (
         "import sys, apax_nodes, apax_core.md.walkers, apax_core.train.trainer; "
-        "print(sorted({'jax_md', 'e3nn_jax'} & set(sys.modules)))"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax_md', 'e3nn_jax'}))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_md_engine_imports_the_jax_md_parts_it_uses_and_leaves_jax_md_whole():
+    """An MD process imports jax-md's space, partition, simulate and dataclasses without the
+    package's __init__, whose rigid_body and energy modules run ~120 XLA programs (4-5 s); a
+    later `import jax_md` still gets the whole package, sharing those module objects."""
+    code = (
+        "import sys, apax_core.md.run; from apax_core.md.jax_md_parts import space; "
+        "heavy = sorted({'jax_md.rigid_body', 'jax_md.energy', 'e3nn_jax'} & set(sys.modules)); "
+        "import jax_md; from jax_md import energy, rigid_body; "
+        "print(heavy, jax_md.space is space, callable(energy.lennard_jones_pair))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[] True True"
 
 
 def test_a_data_stage_process_imports_no_jax():

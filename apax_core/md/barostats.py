@@ -58,7 +58,6 @@ import jax
 import jax.numpy as jnp
 from ase import units
 from jax.scipy.linalg import expm
-from jax_md import dataclasses, simulate, space
 
 from apax_core.config.md import (
     NPTMartynaTobiasKlein,
@@ -67,6 +66,7 @@ from apax_core.config.md import (
     NVTNoseHoover,
     ThermostatChain,
 )
+from apax_core.md.jax_md_parts import dataclasses, simulate, space
 from apax_core.md.kinetics import Integrator, kinetic_dof, without_drift
 
 Array = jax.Array

@@ -27,13 +27,13 @@ import ase
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax_md import space
 
 from apax_core.config.md import NPT, MDConfig
 from apax_core.md import capacity
 from apax_core.md import checks as stop
 from apax_core.md.barostats import bar_to_eva3
 from apax_core.md.integrators import integrator, kT_of
+from apax_core.md.jax_md_parts import space
 from apax_core.md.kinetics import kinetic_temperature
 from apax_core.md.model_adapter import dynamics_energy
 from apax_core.md.neighbours import PairList, pair_list

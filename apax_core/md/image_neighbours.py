@@ -292,7 +292,7 @@ def structure_with_images(s, nbrs: ImageNeighbours, Z, cell, periodic: bool = Tr
     ``model_adapter.structure``: the gradient with respect to ``s`` of an energy of it is the
     Cartesian gradient (``space.transform``). ``Batch.cell`` is ``cell``, or zeros if not
     ``periodic`` (a molecule in its embedding cell)."""
-    from jax_md import space  # here, not at import: importing jax_md compiles ~120 programs
+    from apax_core.md.jax_md_parts import space  # here: a Train stage needs no jax-md
 
     n = s.shape[0]
     mask = nbrs.idx < n

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from ase import units
-from jax_md import dataclasses, simulate
 
 from apax_core.config.md import (
     NVE,
@@ -23,6 +22,7 @@ from apax_core.config.md import (
     NVTNoseHoover,
 )
 from apax_core.md.barostats import mtk, scr
+from apax_core.md.jax_md_parts import dataclasses, simulate
 from apax_core.md.kinetics import Integrator, kinetic_dof, without_drift
 
 

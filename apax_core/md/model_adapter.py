@@ -15,9 +15,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-from jax_md import space
 
 from apax_core.data.batch import Batch
+from apax_core.md.jax_md_parts import space
 
 
 def structure(R, idx, Z, box) -> Batch:

@@ -33,11 +33,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import vesin
-from jax_md import dataclasses, partition, space
 
 from apax_core.data.batch import Batch
 from apax_core.md import image_neighbours as im
 from apax_core.md.image_neighbours import heights
+from apax_core.md.jax_md_parts import dataclasses, partition, space
 from apax_core.md.model_adapter import structure as minimum_image_structure
 
 logger = logging.getLogger(__name__)
