@@ -12,7 +12,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from apax_core.train.optim import epoch_factors, lr_schedule, make_optimizer
 from apax_core.train.parallel import Placement, placement
 from apax_core.train.state import TrainState, load_checkpoint, save_checkpoint
 from apax_core.train.warm_start import warm_start_params
-from apax_core.transforms import CALIBRATION, Calibration, batched
+from apax_core.transforms import CALIBRATION, Calibration, batched, default_chains
 from apax_core.uq import calibrate_model
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,10 @@ def training_mode(config: TrainConfig) -> str:
 
 def make_steps(model: Model, config: TrainConfig, tx, labels: tuple[str, ...]):
     """Jitted train and eval steps for one model and objective."""
-    predict = batched(predictor(model, training_mode(config), stress="stress" in labels))
+    chains = default_chains() if config.n_devices == 1 else 1  # devices split the batch
+    predict = batched(
+        predictor(model, training_mode(config), stress="stress" in labels), chains=chains
+    )
     per_member = isinstance(config.model.ensemble, FullEnsemble)
 
     def loss_fn(params, batch):
@@ -305,13 +308,39 @@ def _setup(config: TrainConfig, data: TrainingData) -> tuple[Setup, TrainState]:
     return setup, place.replicate(state)
 
 
+STEPS_AHEAD = 2
+"""Train steps dispatched before the oldest one's loss is read: reading it at once (a host
+sync) would leave the device idle while Python dispatches the next step."""
+
+
+@dataclass
+class _Tally:
+    """Loss and error sums of an epoch's steps, read from the device ``STEPS_AHEAD`` late."""
+
+    loss_sum: float = 0.0
+    n: int = 0
+    total: dict | None = None
+    pending: list = field(default_factory=list)
+
+    def add(self, loss, sums, n_real: int) -> None:
+        self.pending.append((loss, sums, n_real))
+        self.read(keep=STEPS_AHEAD)
+
+    def read(self, keep: int = 0) -> None:
+        """Read all but the ``keep`` newest steps."""
+        while len(self.pending) > keep:
+            loss, sums, k = self.pending.pop(0)
+            self.loss_sum, self.n = self.loss_sum + float(loss) * k, self.n + k
+            self.total = accumulate(self.total, sums)
+
+
 def _epoch(setup: Setup, state: TrainState, epoch: int) -> tuple[TrainState, dict]:
     """One pass over the shuffled training set, then validation: the new state and log row."""
     config, start = setup.config, time.perf_counter()
     ema = config.ema
     decay = jnp.asarray(ema.decay if ema and epoch >= ema.start_epoch else 0.0)
     p, o, e = state.params, state.opt_state, state.ema
-    total, loss_sum, n = None, 0.0, 0
+    tally = _Tally()
     batches = setup.train.batches(
         config.data.batch_size,
         config.data.padding,
@@ -324,17 +353,16 @@ def _epoch(setup: Setup, state: TrainState, epoch: int) -> tuple[TrainState, dic
         factors, prefetch(map(setup.place.batch, batches), config.data.prefetch), strict=True
     ):
         p, o, e, loss, sums = setup.train_step(p, o, e, decay, jnp.asarray(factor), batch)
-        k = _n_real(batch)
-        loss_sum, n = loss_sum + float(loss) * k, n + k
-        total = accumulate(total, sums)
+        tally.add(loss, sums, _n_real(batch))
+    tally.read()
     state = state.replace(params=p, opt_state=o, ema=e, epoch=epoch + 1)
     row = {
         "epoch": epoch + 1,
-        "train_loss": loss_sum / max(n, 1),
+        "train_loss": tally.loss_sum / max(tally.n, 1),
         **evaluate_loss(
             setup.eval_step, _eval_params(config, state), setup.val, config, setup.place.batch
         ),
-        **finalize(total, "train_"),
+        **finalize(tally.total, "train_"),
         "lr_nn": config.optimizer.learning_rates.nn * float(factors[-1]),
         "epoch_s": time.perf_counter() - start,
     }

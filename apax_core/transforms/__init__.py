@@ -11,6 +11,7 @@ from apax_core.transforms.base import (
 from apax_core.transforms.calibration import CALIBRATION, Calibration
 from apax_core.transforms.derivatives import (
     batched,
+    default_chains,
     energy_forces_stress,
     inverse_volume,
     pair_vectors,
@@ -35,6 +36,7 @@ __all__ = [
     "Calibration",
     "Transform",
     "batched",
+    "default_chains",
     "energy_forces_stress",
     "feature_map",
     "has_energy_hook",
