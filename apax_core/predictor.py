@@ -33,6 +33,7 @@ from apax_core.model_dir import Model, Variables
 from apax_core.transforms import (
     Transform,
     batched,
+    default_chains,
     energy_forces_stress,
     feature_map,
     has_energy_hook,
@@ -130,7 +131,7 @@ def compiled(
 ) -> Callable[[Variables, Batch], dict]:
     """The jitted, batched :func:`predictor`, ``(variables, batch) -> dict``. Parameters and
     calibration are arguments, so one compilation serves every model of the same architecture
-    and transforms."""
+    and transforms. On a CPU the batch runs as independent chains (:func:`batched`)."""
     return _compiled(architecture(model), mode, stress, tuple(transforms))
 
 
@@ -144,4 +145,5 @@ def architecture(model: Model) -> tuple:
 def _compiled(arch: tuple, mode, stress, transforms):
     config_type, config_json, stats = arch
     model = Model(config_type.model_validate_json(config_json), stats, None)
-    return jax.jit(batched(predictor(model, mode, stress=stress, transforms=transforms)))
+    fn = predictor(model, mode, stress=stress, transforms=transforms)
+    return jax.jit(batched(fn, chains=default_chains()))

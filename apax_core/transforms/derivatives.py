@@ -83,8 +83,10 @@ def batched(fn, chains: int = 1):
 
     XLA's CPU runtime runs independent ops concurrently, but the ops of one chain one after
     another, each on as many cores as its own size fills; the per-pair ops of a GMNN leave
-    cores idle. Two chains made a training step of the apax-size GMNN (8 x 107 Cu atoms,
-    2 cores) 10 % faster; four, no faster again, eight slower (bench/README.md).
+    cores idle. With two chains (2 cores, apax-size GMNN, 107-atom Cu cells) a training step
+    at batch 8 ran 10 % faster (four: no faster again; eight: slower) and a batch of 16
+    predictions 5-15 % (forces; a shallow ensemble's uncertainties), at +0.3-1.2 s of
+    compilation (bench/README.md).
     """
     mapped = jax.vmap(fn, in_axes=(None, 0))
     if chains == 1:
