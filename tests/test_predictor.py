@@ -298,7 +298,8 @@ def test_batching_unequal_sizes_equals_one_by_one(cuag_model):
 @pytest.mark.parametrize("chains", [2, 3, 5])
 def test_a_batch_in_chains_equals_one_vmap(cuag_model, chains):
     """batched(..., chains) splits a batch into consecutive parts (uneven ones, and more
-    chains than structures) and concatenates their outputs in order: the same predictions,
+    chains than structures; ``min_atoms=1``: these structures are smaller than a chain's
+    minimum) and concatenates their outputs in order: the same predictions,
     and the same parameter gradient of a force loss (what a training step takes), as one
     vmap over the batch."""
     from apax_core.config import PadToMax
@@ -317,8 +318,34 @@ def test_a_batch_in_chains_equals_one_vmap(cuag_model, chains):
             out = fn(variables._replace(params=params), batch)
             return jnp.sum(out["forces"] ** 2) + jnp.sum(out["energy"])
 
-        one, split = batched(predict), batched(predict, chains=chains)
+        one, split = batched(predict), batched(predict, chains=chains, min_atoms=1)
         for key, value in one(variables, batch).items():
             np.testing.assert_allclose(split(variables, batch)[key], value, rtol=1e-12)
         grads = [jax.grad(loss)(variables.params, fn) for fn in (one, split)]
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-10), *grads)
+
+
+def test_a_batch_below_two_chains_worth_of_atoms_stays_one_vmap(cuag_model):
+    """Chains pay only on batches of enough atoms (compilation grows with each): a batch of
+    fewer than 2 x min_atoms padded atoms is traced as one vmap, a larger one as two."""
+    from apax_core.config import PadToMax
+    from apax_core.data import Dataset
+    from apax_core.predictor import predictor
+    from apax_core.transforms import batched
+
+    frames = [emt_frames(1, seed=s, size=(2, 1, 1))[0] for s in range(4)]
+    data = Dataset([from_atoms(a) for a in frames], 4.0)
+    batch = next(iter(data.batches(4, PadToMax(), shuffle=False, seed=0)))
+    predict, traces = predictor(cuag_model, "forces"), []
+
+    def counted(variables, s):
+        traces.append(1)
+        return predict(variables, s)
+
+    atoms = batch.Z.size
+    for min_atoms, want in ((atoms // 2 + 1, 1), (atoms // 2, 2)):
+        traces.clear()
+        with x64():
+            split = batched(counted, chains=2, min_atoms=min_atoms)
+            jax.eval_shape(split, cuag_model.variables, batch)
+        assert len(traces) == want, (min_atoms, atoms)

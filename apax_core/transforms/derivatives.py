@@ -70,6 +70,10 @@ def inverse_volume(cell):
 
 CPU_CHAINS = 2
 """Independent parts a batch is split into on a CPU (:func:`batched`)."""
+MIN_CHAIN_ATOMS = 256
+"""Padded atoms a chain must get at least (fewer chains for smaller batches): the default
+loop's training batches (4 x 107 atoms, a small GMNN) ran no faster as two chains and
+compiled 1-1.4 s longer; at 8 x 107 atoms they ran 5-8 % faster (bench/README.md)."""
 
 
 def default_chains() -> int:
@@ -77,9 +81,10 @@ def default_chains() -> int:
     return CPU_CHAINS if jax.default_backend() == "cpu" else 1
 
 
-def batched(fn, chains: int = 1):
-    """vmap a per-structure function ``fn(params, s)`` over the leading axis of a Batch, as
-    ``chains`` independent vmaps over consecutive parts, outputs concatenated.
+def batched(fn, chains: int = 1, min_atoms: int = MIN_CHAIN_ATOMS):
+    """vmap a per-structure function ``fn(params, s)`` over the leading axis of a Batch, as up
+    to ``chains`` independent vmaps over consecutive parts of at least ``min_atoms`` padded
+    atoms each, outputs concatenated.
 
     XLA's CPU runtime runs independent ops concurrently, but the ops of one chain one after
     another, each on as many cores as its own size fills; the per-pair ops of a GMNN leave
@@ -89,15 +94,15 @@ def batched(fn, chains: int = 1):
     compilation (bench/README.md).
     """
     mapped = jax.vmap(fn, in_axes=(None, 0))
-    if chains == 1:
-        return mapped
 
     def run(params, batch: Batch):
-        bounds = np.linspace(0, batch.Z.shape[0], chains + 1).round().astype(int)
+        n = min(chains, batch.Z.shape[0], max(1, batch.Z.size // min_atoms))
+        if n == 1:
+            return mapped(params, batch)
+        bounds = np.linspace(0, batch.Z.shape[0], n + 1).round().astype(int)
         parts = [
             mapped(params, jax.tree.map(lambda a, lo=lo, hi=hi: a[lo:hi], batch))
             for lo, hi in zip(bounds[:-1], bounds[1:], strict=True)
-            if hi > lo
         ]
         return jax.tree.map(lambda *p: jnp.concatenate(p), *parts)
 
