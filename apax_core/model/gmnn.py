@@ -40,16 +40,48 @@ def _triples(n: int) -> np.ndarray:
     return np.array(list(itertools.combinations_with_replacement(range(n), 3))).T
 
 
-def _powers2(u):
-    """u: (..., 3) unit vectors -> (..., 13): 1, u_y, u_y u_z (flattened y * 3 + z)."""
-    u2 = (u[..., :, None] * u[..., None, :]).reshape(*u.shape[:-1], 9)
-    return jnp.concatenate([jnp.ones_like(u[..., :1]), u, u2], axis=-1)
+_MONOMIALS = [
+    t for rank in range(4) for t in itertools.combinations_with_replacement(range(3), rank)
+]
+"""The 20 distinct monomials of a unit vector's components up to degree 3, as sorted index
+tuples: (), (x,), ..., (x, x), (x, y), ..., (z, z, z). The first 10 are those of degree <= 2."""
+_POSITION = {t: c for c, t in enumerate(_MONOMIALS)}
+_FULL = np.array(
+    [
+        _POSITION[tuple(sorted(t))]
+        for rank in range(4)
+        for t in itertools.product(range(3), repeat=rank)
+    ]
+)
+"""(40,) the monomial behind each component of the flattened tensors 1, u_x, u_x u_y,
+u_x u_y u_z."""
+_FOLD = np.eye(len(_MONOMIALS), dtype=np.float32)[_FULL]
+"""(40, 20) sums the cotangents of a monomial's copies in the full tensors."""
 
 
-def _powers3(u):
-    """u: (..., 3) unit vectors -> (..., 40): 1, u_x, u_x u_y, u_x u_y u_z."""
-    u3 = u[..., :, None, None] * u[..., None, :, None] * u[..., None, None, :]
-    return jnp.concatenate([_powers2(u), u3.reshape(*u.shape[:-1], 27)], axis=-1)
+def _slope_table() -> np.ndarray:
+    """(20, 3, 10) d monomial_c / d u_x as a combination of the monomials of degree <= 2."""
+    table = np.zeros((len(_MONOMIALS), 3, 10), np.float32)
+    for c, t in enumerate(_MONOMIALS):
+        for x in set(t):
+            rest = list(t)
+            rest.remove(x)
+            table[c, x, _POSITION[tuple(rest)]] = t.count(x)
+    return table
+
+
+_SLOPES = _slope_table()
+_SQUARES = np.array([t for t in _MONOMIALS if len(t) == 2]).T
+_CUBES = np.array([(_POSITION[t[:2]], t[2]) for t in _MONOMIALS if len(t) == 3]).T
+
+
+def _monomials(u):
+    """u: (..., 3) unit vectors -> (..., 20) their distinct monomials of degree <= 3
+    (:data:`_MONOMIALS`)."""
+    quadratic = jnp.concatenate(
+        [jnp.ones_like(u[..., :1]), u, u[..., _SQUARES[0]] * u[..., _SQUARES[1]]], axis=-1
+    )
+    return jnp.concatenate([quadratic, quadratic[..., _CUBES[0]] * u[..., _CUBES[1]]], axis=-1)
 
 
 @jax.custom_vjp
@@ -58,12 +90,15 @@ def moments(radial, unit):
     m_c[n, s] = sum_k R[n, k, s] (u_nk)^c, as m0 (N, S), m1 (N, S, 3), m2 (N, S, 3, 3),
     m3 (N, S, 3, 3, 3), from radial (N, K, S) channels and unit (N, K, 3) pair directions.
 
-    The hand-written VJP contracts the cotangents with the radial weights before touching the
-    pair axis, so no (pairs x 40) intermediate is built: a shallow ensemble's M member VJPs
-    (vmapped) run ~10x faster than JAX's derived rule, which is what force uncertainties and
-    force-CRPS training pay for. Reverse mode only (forces, stress, training, jacrev).
+    The pair sums run over the 20 distinct monomials only (the tensors are symmetric); the
+    full tensors are copies made per atom. The hand-written VJP contracts the cotangents with
+    the radial weights before touching the pair axis, so no (pairs x monomials x members)
+    intermediate is built: a shallow ensemble's M member VJPs (vmapped) run ~10x faster than
+    JAX's derived rule, which is what force uncertainties and force-CRPS training pay for.
+    Against the 40 components of the full tensors, energy + forces cost ~10 % less
+    (bench/force_uncertainty.py). Reverse mode only (forces, stress, training, jacrev).
     """
-    m = jnp.einsum("nks,nkc->nsc", radial, _powers3(unit))
+    m = jnp.einsum("nks,nkc->nsc", radial, _monomials(unit))[..., _FULL]
     n, s = m.shape[:2]
     return (
         m[..., 0],
@@ -90,18 +125,14 @@ def moments_pullback(radial, unit, cotangents):
     flat = jnp.concatenate(
         [d0[..., None], d1, d2.reshape(*lead, n, s, 9), d3.reshape(*lead, n, s, 27)], -1
     )
-    # d m / d u_a: sum over the positions a takes in u_x u_y (u_z), contracted with the cotangent.
-    sym2 = d2 + jnp.swapaxes(d2, -1, -2)
-    sym3 = d3 + jnp.einsum("...xyz->...yxz", d3) + jnp.einsum("...yzx->...xyz", d3)
-    a = jnp.concatenate([d1[..., None], sym2, sym3.reshape(*lead, n, s, 3, 9)], -1)
-    rq = radial[..., :, None] * _powers2(unit)[..., None, :]  # (N, K, S, 13)
-    if not lead:  # (the fastest layout for one cotangent, measured in the model's backward)
-        d_radial = jnp.einsum("nsc,nkc->nks", flat, _powers3(unit))
-        a = jnp.swapaxes(a, -1, -2).reshape(n, -1, 3)  # (N, S * 13, 3)
-        return d_radial, jnp.einsum("nkj,njx->nkx", rq.reshape(*rq.shape[:2], -1), a)
+    g = flat @ _FOLD  # (*B, N, S, 20) cotangents of the distinct monomials' sums
+    # d_unit[n, k, x] = sum_{s, j} R[n, k, s] q_j(u_nk) a[n, s, j, x], q the 10 of degree <= 2
+    a = jnp.einsum("...c,cxj->...jx", g, _SLOPES)  # (*B, N, S, 10, 3)
+    p = _monomials(unit)
+    rq = (radial[..., :, None] * p[..., None, :10]).reshape(n, -1, s * 10)  # (N, K, S * 10)
     b = int(np.prod(lead, dtype=int))
-    d_radial = jnp.einsum("nkc,bnsc->nkbs", _powers3(unit), flat.reshape(b, n, s, 40))
-    d_unit = jnp.einsum("nksj,bnsxj->nkbx", rq, a.reshape(b, n, s, 3, 13))
+    d_radial = jnp.einsum("nkc,bnsc->nkbs", p, g.reshape(b, n, s, 20))
+    d_unit = jnp.einsum("nkj,bnjx->nkbx", rq, a.reshape(b, n, s * 10, 3))
     k = radial.shape[1]
     return d_radial.reshape(n, k, *lead, s), d_unit.reshape(n, k, *lead, 3)
 
