@@ -11,7 +11,7 @@ once and the M cotangents travel together:
   pull-back is one GEMM with M times the rows); the contractions in blocks of atoms;
 - moments: :func:`apax_core.model.gmnn.moments_pullback`, the members folded into the columns
   of its two per-atom GEMMs, so pair intermediates are (N, K, M, S) and (N, K, M, 3), never
-  (N, K, S, 40) per member;
+  (N, K, S, 20) per member;
 - radial channels and unit vectors: dR/dr from one forward-mode pass (``radial_and_slope``)
   and the unit vectors, shared by all members;
 - positions and strain: one scatter (M * 3 columns) and one contraction for all members.
