@@ -221,6 +221,32 @@ def test_moments_vjp_equals_autodiff_of_the_plain_sums():
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("n_radial", [5, 3])
+def test_hand_derived_contraction_pullback_equals_autodiff(n_radial):
+    """contractions_pullback (shallow-ensemble forces) against JAX's VJP of the contractions,
+    vmapped over member cotangents and folded onto the distinct monomials, for every number
+    of contraction groups; on moments of random pairs (symmetric, as the model makes them)."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from apax_core.model.gmnn import _fold, contractions, contractions_pullback, moments
+    from apax_core.precision import x64
+
+    with x64():
+        k = jax.random.split(jax.random.PRNGKey(5), 3)
+        radial = jax.random.normal(k[0], (4, 6, n_radial), jnp.float64)
+        unit = jax.random.normal(k[1], (4, 6, 3), jnp.float64)
+        m = moments(radial, unit / jnp.linalg.norm(unit, axis=-1, keepdims=True))
+        for n_contr in range(1, 9):
+            d = jax.random.normal(k[2], (3, 4, descriptor_size(n_radial, n_contr)), jnp.float64)
+            _, vjp = jax.vjp(functools.partial(contractions, n_contr=n_contr), *m)
+            want = jax.vmap(lambda c, vjp=vjp: _fold(vjp(c)))(d)  # (B, N, S, 20)
+            got = contractions_pullback(m, d, n_contr)  # (N, B, S, 20)
+            np.testing.assert_allclose(np.moveaxis(got, 1, 0), want, rtol=1e-10, atol=1e-10)
+
+
 def test_float32_sin_cos_match_float64_and_differentiate_to_each_other():
     """The float32 polynomial sine and cosine of the radial basis, against float64 over the
     arguments a Bessel basis meets (k pi r / r_max up to ~70) and far beyond; their derivatives

@@ -112,34 +112,37 @@ def _moments_fwd(radial, unit):
     return moments(radial, unit), (radial, unit)
 
 
-def moments_pullback(radial, unit, cotangents):
-    """The moments' VJP for cotangents with any leading batch axes B (e.g. the M members of a
-    shallow ensemble): radial (N, K, S), unit (N, K, 3), cotangents (d0, d1, d2, d3) shaped
-    (*B, N, S), (*B, N, S, 3), (*B, N, S, 3, 3), (*B, N, S, 3, 3, 3) -> d_radial (N, K, *B, S),
-    d_unit (N, K, *B, 3). The batch axes come after the pair axes: they are folded into the
-    columns of the two per-atom GEMMs (M cotangents cost two GEMMs with M times the columns,
-    not M small ones), whose outputs have that layout.
-    """
-    d0, d1, d2, d3 = cotangents
-    lead, (n, s) = d0.shape[:-2], d0.shape[-2:]
-    flat = jnp.concatenate(
-        [d0[..., None], d1, d2.reshape(*lead, n, s, 9), d3.reshape(*lead, n, s, 27)], -1
-    )
-    g = flat @ _FOLD  # (*B, N, S, 20) cotangents of the distinct monomials' sums
+def monomials_pullback(radial, unit, g):
+    """The moments' VJP from the cotangents of the distinct monomials' pair sums, for any batch
+    axes B after the atoms' (e.g. the M members of a shallow ensemble): radial (N, K, S),
+    unit (N, K, 3), g (N, *B, S, 20) -> d_radial (N, K, *B, S), d_unit (N, K, *B, 3). The
+    batch axes are folded into the columns of two per-atom GEMMs (M cotangents cost two GEMMs
+    with M times the columns, not M small ones)."""
+    n, lead, s = g.shape[0], g.shape[1:-2], g.shape[-2]
+    b = int(np.prod(lead, dtype=int))
+    g = g.reshape(n, b, s, 20)
     # d_unit[n, k, x] = sum_{s, j} R[n, k, s] q_j(u_nk) a[n, s, j, x], q the 10 of degree <= 2
-    a = jnp.einsum("...c,cxj->...jx", g, _SLOPES)  # (*B, N, S, 10, 3)
+    a = jnp.einsum("nbsc,cxj->nbsjx", g, _SLOPES).reshape(n, b, s * 10, 3)
     p = _monomials(unit)
     rq = (radial[..., :, None] * p[..., None, :10]).reshape(n, -1, s * 10)  # (N, K, S * 10)
-    b = int(np.prod(lead, dtype=int))
-    d_radial = jnp.einsum("nkc,bnsc->nkbs", p, g.reshape(b, n, s, 20))
-    d_unit = jnp.einsum("nkj,bnjx->nkbx", rq, a.reshape(b, n, s * 10, 3))
+    d_radial = jnp.einsum("nkc,nbsc->nkbs", p, g)
+    d_unit = jnp.einsum("nkj,nbjx->nkbx", rq, a)
     k = radial.shape[1]
     return d_radial.reshape(n, k, *lead, s), d_unit.reshape(n, k, *lead, 3)
 
 
+def _fold(cotangents):
+    """Cotangents of the full tensors m0..m3 -> (N, S, 20) those of the distinct monomials."""
+    d0, d1, d2, d3 = cotangents
+    n, s = d0.shape
+    flat = jnp.concatenate([d0[..., None], d1, d2.reshape(n, s, 9), d3.reshape(n, s, 27)], -1)
+    return flat @ _FOLD
+
+
 def _moments_bwd(residuals, cotangents):
     radial, unit = residuals
-    return moments_pullback(radial, unit, cotangents)
+    d_radial, d_unit = monomials_pullback(radial, unit, _fold(cotangents)[:, None])
+    return d_radial[:, :, 0], d_unit[:, :, 0]
 
 
 moments.defvjp(_moments_fwd, _moments_bwd)
@@ -180,6 +183,108 @@ def group_sizes(n_radial: int, n_contr: int) -> list[int]:
 def descriptor_size(n_radial: int, n_contr: int) -> int:
     """Length of the descriptor for ``n_radial`` channels and the first ``n_contr`` groups."""
     return sum(group_sizes(n_radial, n_contr))
+
+
+_FOLD2, _FOLD3 = _FOLD[4:13, 4:10], _FOLD[13:, 10:]
+"""(9, 6) and (27, 10): :data:`_FOLD`'s blocks for the rank-2 and rank-3 components."""
+
+
+def _cotangent_tensor(g, n_s: int, group: int):
+    """A contraction group's cotangents (..., size) -> (..., S, S[, S]) over every index tuple
+    of its moments, zero where the group keeps a tuple once (:func:`contractions`)."""
+    if group == 7:  # every (r, s, t)
+        return g.reshape(*g.shape[:-1], n_s, n_s, n_s)
+    p, t = _pairs(n_s), _triples(n_s)
+    rank = 2 if group < 4 else 3
+    position = np.full((n_s,) * rank, g.shape[-1])  # the zero slot appended below
+    if group < 4:
+        position[p[0], p[1]] = np.arange(len(p[0]))
+    elif group == 4:
+        position[t[0], t[1], t[2]] = np.arange(len(t[0]))
+    else:  # (pair r <= s, any t)
+        position[p[0], p[1]] = np.arange(len(p[0]))[:, None] * n_s + np.arange(n_s)
+    g = jnp.concatenate([g, jnp.zeros_like(g[..., :1])], -1)
+    return g[..., position.reshape(-1)].reshape(*g.shape[:-1], *(n_s,) * rank)
+
+
+def _partners(m1, m2, m3, n_contr: int) -> dict:
+    """Per (group, rank of the moment differentiated): the products of a contraction's other
+    factors, (N, J, C) over J index pairs and the C distinct components of that rank; they do
+    not depend on the cotangent, so a shallow ensemble's members share them."""
+    n = m1.shape[0]
+    f2 = lambda x: x.reshape(n, -1, 9) @ _FOLD2  # noqa: E731
+    f3 = lambda x: x.reshape(n, -1, 27) @ _FOLD3  # noqa: E731
+    terms = {
+        (1, 1): lambda: m1,
+        (2, 2): lambda: f2(m2),
+        (3, 3): lambda: f3(m3),
+        (4, 2): lambda: f2(jnp.einsum("naxz,nbzy->nabxy", m2, m2)),
+        (5, 1): lambda: jnp.einsum("ntxy,nsy->nstx", m2, m1).reshape(n, -1, 3),
+        (5, 2): lambda: f2(jnp.einsum("nrx,nsy->nrsxy", m1, m1)),
+        (6, 2): lambda: f2(jnp.einsum("nrxyz,nsxyw->nrszw", m3, m3)),
+        (6, 3): lambda: f3(jnp.einsum("nsxyw,ntzw->nstxyz", m3, m2)),
+        (7, 1): lambda: jnp.einsum("nrxyz,nsxy->nrsz", m3, m2).reshape(n, -1, 3),
+        (7, 2): lambda: f2(jnp.einsum("nrxyz,ntz->nrtxy", m3, m1)),
+        (7, 3): lambda: f3(jnp.einsum("nsxy,ntz->nstxyz", m2, m1)),
+    }
+    return {key: f() for key, f in terms.items() if key[0] < n_contr}
+
+
+def _weights(gf: dict, n_s: int) -> dict:
+    """Per (group, rank): the cotangent tensors (..., S, J) paired with :func:`_partners`.
+
+    A group's contraction is sum_rst G[r, s, t] x_r y_s z_t (tensor indices implied), so
+    d/dx_q = sum_st G[q, s, t] (y_s z_t): each factor pairs a permutation of G with the product
+    of the other two. Factors whose partner products coincide (the moments are symmetric)
+    are summed first."""
+    swap = lambda x, a, b: jnp.swapaxes(x, a, b)  # noqa: E731
+    last_first = lambda x: jnp.moveaxis(x, -1, -3)  # noqa: E731
+    terms = {
+        (1, 1): lambda g: g + swap(g, -1, -2),
+        (2, 2): lambda g: g + swap(g, -1, -2),
+        (3, 3): lambda g: g + swap(g, -1, -2),
+        (4, 2): lambda g: g + swap(g, -3, -2) + last_first(g),
+        (5, 1): lambda g: g + swap(g, -3, -2),
+        (5, 2): last_first,
+        (6, 2): last_first,
+        (6, 3): lambda g: g + swap(g, -3, -2),
+        (7, 1): last_first,
+        (7, 2): lambda g: swap(g, -3, -2),
+        (7, 3): lambda g: g,
+    }
+    out = {}
+    for (group, rank), term in terms.items():
+        if group in gf:
+            w = term(gf[group])
+            out[group, rank] = w.reshape(*w.shape[: -(2 if group < 4 else 3)], n_s, -1)
+    return out
+
+
+def contractions_pullback(m: tuple, d_features, n_contr: int):
+    """The VJP of :func:`contractions` for B cotangents at once, as the cotangents of the
+    distinct monomials' pair sums (what :func:`monomials_pullback` takes): moments m (full
+    tensors, symmetric as :func:`moments` makes them), d_features (B, N, F) -> (N, B, S, 20).
+
+    Hand-derived: the products of each contraction's other factors are formed once per atom
+    (:func:`_partners`) and folded to distinct components, and each member's share is one
+    batched GEMM per (group, rank) over those products (:func:`_weights`). For a shallow
+    ensemble's 8 members at 864 atoms this runs ~15 % faster than JAX's VJP vmapped over the
+    members in blocks of atoms, and the whole force uncertainty ~25 % faster
+    (bench/force_uncertainty.py)."""
+    m0 = m[0]
+    n, n_s = m0.shape
+    d = jnp.moveaxis(d_features, 0, 1)  # (N, B, F): atoms lead, as in the GEMMs below
+    groups = jnp.split(d, np.cumsum(group_sizes(n_s, n_contr))[:-1], axis=-1)
+    gf = {k: _cotangent_tensor(groups[k], n_s, k) for k in range(1, n_contr)}
+    weights, partners = _weights(gf, n_s), _partners(*m[1:], n_contr)
+    out = [groups[0][..., None]]
+    for rank, size in ((1, 3), (2, 6), (3, 10)):
+        acc = jnp.zeros((n, d.shape[1], n_s, size), d.dtype)
+        for key, w in weights.items():
+            if key[1] == rank:
+                acc = acc + jnp.einsum("nbqj,njc->nbqc", w, partners[key])
+        out.append(acc)
+    return jnp.concatenate(out, -1)
 
 
 def _weighted_basis(r, pair_mask, config: GMNNConfig):

@@ -7,11 +7,13 @@ small per-atom and per-pair operation of the backward M times (the radial basis'
 the unit vectors' Jacobian and the neighbour scatter among them). Here the trunk's forward runs
 once and the M cotangents travel together:
 
-- readout and contractions: JAX's VJPs, vmapped over the members (the dense layers'
-  pull-back is one GEMM with M times the rows); the contractions in blocks of atoms;
-- moments: :func:`apax_core.model.gmnn.moments_pullback`, the members folded into the columns
-  of its two per-atom GEMMs, so pair intermediates are (N, K, M, S) and (N, K, M, 3), never
-  (N, K, S, 20) per member;
+- readout: JAX's VJP, vmapped over the members (the dense layers' pull-back is one GEMM with
+  M times the rows);
+- contractions: :func:`apax_core.model.gmnn.contractions_pullback`, the products of each
+  contraction's other factors formed once and shared by the members;
+- moments: :func:`apax_core.model.gmnn.monomials_pullback`, the members folded into the
+  columns of its two per-atom GEMMs, so pair intermediates are (N, K, M, S) and (N, K, M, 3),
+  never (N, K, S, 20) per member;
 - radial channels and unit vectors: dR/dr from one forward-mode pass (``radial_and_slope``)
   and the unit vectors, shared by all members;
 - positions and strain: one scatter (M * 3 columns) and one contraction for all members.
@@ -33,7 +35,13 @@ import jax.numpy as jnp
 from apax_core.config import GMNNConfig
 from apax_core.data.batch import Batch
 from apax_core.model.basis import masked_pairs
-from apax_core.model.gmnn import contractions, moments, moments_pullback, radial_and_slope
+from apax_core.model.gmnn import (
+    contractions,
+    contractions_pullback,
+    moments,
+    monomials_pullback,
+    radial_and_slope,
+)
 from apax_core.model.readout import Readout
 from apax_core.precision import network_dtype
 from apax_core.transforms.derivatives import pair_vectors, zero_strain
@@ -118,8 +126,8 @@ def _pullback(trunk: Trunk, s: Batch, rows, n_atoms: int):
     (C, 3, 3): C members (one-hot rows) through the backward pass together."""
     cot = jnp.broadcast_to(rows[:, None, :], (rows.shape[0], n_atoms, rows.shape[1]))
     (d_features,) = jax.vmap(trunk.readout_vjp)(cot)
-    d_m = _contractions_pullback(trunk.moments, trunk.n_contr, d_features)
-    d_radial, d_unit = moments_pullback(trunk.radial, trunk.unit, d_m)  # (N, K, C, S | 3)
+    g = contractions_pullback(trunk.moments, d_features, trunk.n_contr)  # (N, C, S, 20)
+    d_radial, d_unit = monomials_pullback(trunk.radial, trunk.unit, g)  # (N, K, C, S | 3)
     # r = |dr|, u = dr / r: d dr = (d_r - d_u . u / r) u + d_u / r; padded slots zero.
     r, unit = trunk.r[..., None], trunk.unit
     d_r = jnp.einsum("nkcs,nks->nkc", d_radial, trunk.d_radial_dr)
@@ -132,34 +140,3 @@ def _pullback(trunk: Trunk, s: Batch, rows, n_atoms: int):
     )  # (N, C, 3)
     g_r = jnp.moveaxis(to_neighbours - jnp.sum(d_dr, axis=1), 1, 0)
     return g_r, jnp.einsum("nka,nkcb->cab", trunk.dr_vec, d_dr)
-
-
-ATOM_BLOCK = 128
-"""Atoms per block of the contractions' member pull-back on a CPU: its small per-atom einsums
-run about 1.7x faster (one thread, 864 atoms, 8 members) on blocks whose intermediates stay in
-cache than on all atoms at once, the blocks' forward recomputation included. Other backends
-take all atoms at once (a loop over blocks would serialise them)."""
-
-
-def _contractions_pullback(m: tuple, n_contr: int, d_features):
-    """Cotangents of the moments (C, N, ...) from the descriptor's (C, N, F), in blocks of
-    :data:`ATOM_BLOCK` atoms (the contractions are per atom), each block's VJP vmapped over C."""
-    n = m[0].shape[0]
-    size = ATOM_BLOCK if jax.default_backend() == "cpu" else n
-    blocks = -(-n // size)
-    pad = blocks * size - n
-
-    def split(x, axis):  # (..., N, ...) -> (blocks, ..., size, ...), zero-padded
-        x = jnp.pad(x, [(0, pad if i == axis else 0) for i in range(x.ndim)])
-        x = x.reshape(*x.shape[:axis], blocks, size, *x.shape[axis + 1 :])
-        return jnp.moveaxis(x, axis, 0)
-
-    def block(args):
-        g, *mb = args
-        _, vjp = jax.vjp(lambda *mb: contractions(*mb, n_contr), *mb)
-        return jax.vmap(vjp)(g)
-
-    if blocks == 1:
-        return block((d_features, *m))
-    out = jax.lax.map(block, (split(d_features, 1), *(split(x, 0) for x in m)))
-    return tuple(jnp.moveaxis(o, 0, 1).reshape(o.shape[1], -1, *o.shape[3:])[:, :n] for o in out)
