@@ -148,6 +148,32 @@ def test_shallow_member_forces_equal_each_members_gradient(chunk_size):
         np.testing.assert_allclose(out[key][0], generic[key], atol=1e-11)
 
 
+def test_float32_shallow_member_forces_take_the_compiled_kernel(monkeypatch):
+    """A float32 shallow GMNN on a CPU pulls its members back through the compiled kernel
+    (apax_core.native) and gets the XLA path's member forces and spreads, whole and in
+    member chunks."""
+    from apax_core import native, predictor
+
+    assert native.applies(np.float32)
+    frames = [from_atoms(a) for a in emt_frames(2, seed=3, size=(2, 1, 1))]
+    outputs = {}
+    for chunk in (None, 3):
+        ensemble = {"kind": "shallow", "n_members": 5, "chunk_size": chunk}
+        model = make_model(elements=(29,), ensemble=ensemble, precision="fp32", seed=4)
+        for path in ("native", "xla"):
+            if path == "xla":
+                monkeypatch.setattr(native, "applies", lambda dtype: False)
+            predictor._compiled.cache_clear()  # one program per architecture otherwise
+            outputs[chunk, path] = predict(model, frames, mode="uncertainty")
+            monkeypatch.undo()
+    predictor._compiled.cache_clear()
+    for chunk in (None, 3):
+        for a, b in zip(outputs[chunk, "native"], outputs[chunk, "xla"], strict=True):
+            for key in ("forces_ensemble", "forces_uncertainty", "stress_ensemble"):
+                scale = np.max(np.abs(b[key]))
+                np.testing.assert_allclose(a[key], b[key], atol=1e-5 * scale, rtol=0)
+
+
 def test_shallow_path_is_used_only_where_it_applies():
     """ZBL, full ensembles and single models take the generic member VJPs (as do energy
     transforms, which the predictor checks)."""

@@ -247,6 +247,46 @@ def test_hand_derived_contraction_pullback_equals_autodiff(n_radial):
             np.testing.assert_allclose(np.moveaxis(got, 1, 0), want, rtol=1e-10, atol=1e-10)
 
 
+def test_compiled_contraction_pullback_equals_the_xla_one():
+    """The compiled CPU kernel (apax_core.native, built here with the system's compiler: it
+    must build) against gmnn.contractions_pullback: every number of groups, two radial
+    sizes, 3 cotangents, float32 under x64 as predictions run; vmapped over structures, as
+    batched predictions call it; and its gradient (its VJP is the XLA version's)."""
+    import jax
+    import jax.numpy as jnp
+
+    from apax_core import native
+    from apax_core.model.gmnn import contractions_pullback, moments
+    from apax_core.precision import x64
+
+    assert native.available(), "the native kernels did not build (a C++ compiler is needed)"
+    key = jax.random.split(jax.random.PRNGKey(7), 3)
+    with x64():
+        for n_radial in (5, 3):
+            radial = jax.random.normal(key[0], (2, 9, 7, n_radial), jnp.float32)
+            unit = jax.random.normal(key[1], (2, 9, 7, 3), jnp.float32)
+            m = jax.vmap(moments)(radial, unit / jnp.linalg.norm(unit, axis=-1, keepdims=True))
+            for n_contr in range(1, 9):
+                shape = (2, 3, 9, descriptor_size(n_radial, n_contr))
+                d = jax.random.normal(key[2], shape, jnp.float32)
+                want = jax.vmap(contractions_pullback, (0, 0, None))(m, d, n_contr)
+                kernel = jax.vmap(native.contractions_pullback, (0, 0, None))
+                got = jax.jit(kernel, static_argnums=2)(m, d, n_contr)
+                scale = float(jnp.max(jnp.abs(want)))
+                np.testing.assert_allclose(got, want, atol=2e-6 * scale, rtol=0)
+
+        def loss(fn, m, d):  # training differentiates through the member forces
+            return jnp.sum(jnp.sin(jax.vmap(fn, (0, 0, None))(m, d, 8)))
+
+        grads = jax.grad(loss, argnums=(1, 2))
+        for a, b in zip(
+            jax.tree.leaves(grads(native.contractions_pullback, m, d)),
+            jax.tree.leaves(grads(contractions_pullback, m, d)),
+            strict=True,
+        ):
+            np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))), rtol=0)
+
+
 def test_float32_sin_cos_match_float64_and_differentiate_to_each_other():
     """The float32 polynomial sine and cosine of the radial basis, against float64 over the
     arguments a Bessel basis meets (k pi r / r_max up to ~70) and far beyond; their derivatives

@@ -1,0 +1,134 @@
+"""Compiled CPU kernels, registered with XLA as FFI targets.
+
+XLA's CPU backend runs the GMNN contractions' member pull-back (a shallow ensemble's force
+uncertainty) as dozens of small batched ops whose index shuffling dominates; the same
+arithmetic written as one loop over the atoms (``contractions_pullback.cc``) is several times
+faster. The source is compiled on first use with the system's C++ compiler against the XLA FFI
+headers that jaxlib ships, into ``$XDG_CACHE_HOME/apax_core/native`` (else
+``~/.cache/apax_core/native``), keyed by the source, the jaxlib version, the flags and the
+processor; files are written whole (temp + rename), so concurrent processes are safe.
+
+``APAX_NATIVE=off`` switches the kernels off; without a compiler, or on another backend, the
+callers take the XLA path (same numbers, slower) and a compiler failure is logged once.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("contractions_pullback.cc")
+TARGET = "apax_contractions_pullback"
+FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "apax_core" / "native"
+
+
+def _cpu() -> str:
+    """This processor's model and features (``-march=native`` builds for it alone)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor()
+    keep = [x for x in lines if x.startswith(("model name", "flags", "Features"))]
+    return "\n".join(sorted(set(keep)))
+
+
+def _compile(compiler: str) -> Path:
+    """The shared library for :data:`SOURCE`, compiled unless already in the cache."""
+    include = jax.ffi.include_dir()
+    key = hashlib.sha256(
+        SOURCE.read_bytes() + " ".join((compiler, *FLAGS, jax.lib.__version__, _cpu())).encode()
+    ).hexdigest()[:16]
+    path = _cache_root() / key / "libapax_native.so"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        out = Path(tmp) / path.name
+        cmd = [compiler, *FLAGS, f"-I{include}", str(SOURCE), "-o", str(out)]
+        subprocess.run(cmd, check=True, capture_output=True, text=True)
+        os.replace(out, path)
+    return path
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the kernels are compiled, loaded and registered (once per process)."""
+    if os.environ.get("APAX_NATIVE", "").strip().lower() in {"off", "0", "false"}:
+        return False
+    compiler = shutil.which(os.environ.get("CXX", "g++"))
+    if compiler is None:
+        log.warning("no C++ compiler: shallow-ensemble force uncertainties take the XLA path")
+        return False
+    try:
+        lib = ctypes.cdll.LoadLibrary(str(_compile(compiler)))
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", "") or err
+        log.warning("native kernels not built (%s); taking the XLA path", detail)
+        return False
+    jax.ffi.register_ffi_target(
+        TARGET, jax.ffi.pycapsule(lib.ApaxContractionsPullback), platform="cpu"
+    )
+    return True
+
+
+def applies(dtype) -> bool:
+    """Whether :func:`contractions_pullback` can run here: float32 on a CPU backend."""
+    return jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu" and available()
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def contractions_pullback(m: tuple, d_features, n_contr: int):
+    """As :func:`apax_core.model.gmnn.contractions_pullback` (same arguments and result,
+    (N, B, S, 20)), computed by the compiled kernel; callers check :func:`applies` first.
+    Differentiable (training on a shallow ensemble's member forces): its VJP is that of the
+    XLA version, which is linear in each argument, so nothing is recomputed but its pullback."""
+    if not available():
+        raise RuntimeError("the native kernels are not available here (see applies())")
+    n, s = m[0].shape
+    full = jnp.concatenate(
+        [m[0][..., None], m[1], m[2].reshape(n, s, 9), m[3].reshape(n, s, 27)], -1
+    )
+    b = d_features.shape[0]
+    call = jax.ffi.ffi_call(
+        TARGET, jax.ShapeDtypeStruct((n, b, s, 20), jnp.float32), vmap_method="sequential"
+    )
+    return call(
+        full.astype(jnp.float32),
+        d_features.astype(jnp.float32),
+        n_contr=np.int64(n_contr),
+        n_threads=np.int64(os.cpu_count() or 1),
+    )
+
+
+def _pullback_fwd(m, d_features, n_contr):
+    return contractions_pullback(m, d_features, n_contr), (m, d_features)
+
+
+def _pullback_bwd(n_contr, residuals, cotangent):
+    from apax_core.model.gmnn import contractions_pullback as xla_pullback
+
+    m, d_features = residuals
+    _, vjp = jax.vjp(lambda m, d: xla_pullback(m, d, n_contr), m, d_features)
+    return vjp(cotangent)
+
+
+contractions_pullback.defvjp(_pullback_fwd, _pullback_bwd)
