@@ -30,6 +30,10 @@ from apax_core.train.trainer import train_run
 _XLA_CACHE = tempfile.mkdtemp(prefix="apax-test-xla-")
 os.environ["APAX_COMPILATION_CACHE"] = _XLA_CACHE
 atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+# The same for the compiled kernels (apax_core.native): every run builds them as CI would.
+_NATIVE_CACHE = tempfile.mkdtemp(prefix="apax-test-native-")
+os.environ["APAX_NATIVE_CACHE"] = _NATIVE_CACHE
+atexit.register(shutil.rmtree, _NATIVE_CACHE, ignore_errors=True)
 
 # Node tests call `dvc`, and DVC calls `zntrack run`: the executables of this interpreter's
 # environment must come first on PATH however pytest was started (e.g. `.venv/bin/python -m`).

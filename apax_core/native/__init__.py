@@ -5,8 +5,9 @@ uncertainty) as dozens of small batched ops whose index shuffling dominates; the
 arithmetic written as one loop over the atoms (``contractions_pullback.cc``) is several times
 faster. The source is compiled on first use with the system's C++ compiler against the XLA FFI
 headers that jaxlib ships, into ``$XDG_CACHE_HOME/apax_core/native`` (else
-``~/.cache/apax_core/native``), keyed by the source, the jaxlib version, the flags and the
-processor; files are written whole (temp + rename), so concurrent processes are safe.
+``~/.cache/apax_core/native``; ``APAX_NATIVE_CACHE`` names another folder), keyed by the
+source, the jaxlib version, the flags and the processor; files are written whole (temp +
+rename), so concurrent processes are safe.
 
 ``APAX_NATIVE=off`` switches the kernels off; without a compiler, or on another backend, the
 callers take the XLA path (same numbers, slower) and a compiler failure is logged once.
@@ -37,6 +38,8 @@ FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 
 
 def _cache_root() -> Path:
+    if os.environ.get("APAX_NATIVE_CACHE"):
+        return Path(os.environ["APAX_NATIVE_CACHE"]).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "apax_core" / "native"
 
