@@ -287,6 +287,85 @@ def test_compiled_contraction_pullback_equals_the_xla_one():
             np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))), rtol=0)
 
 
+def test_compiled_contractions_and_their_derivatives_equal_the_xla_ones():
+    """native.contractions (atoms in the vector lanes) against gmnn.contractions of the same
+    moments, float32 under x64: values, gradients and a gradient of a gradient (training on
+    forces), every number of groups (and a second radial size), vmapped over structures."""
+    import jax
+    import jax.numpy as jnp
+
+    from apax_core import native
+    from apax_core.model.gmnn import contractions, moment_sums, moments
+    from apax_core.precision import x64
+
+    assert native.available(), "the native kernels did not build (a C++ compiler is needed)"
+    k = jax.random.split(jax.random.PRNGKey(11), 3)
+    with x64():
+        for n_radial in (5, 3):
+            radial = jax.random.normal(k[0], (2, 11, 6, n_radial), jnp.float32)
+            unit = jax.random.normal(k[1], (2, 11, 6, 3), jnp.float32)
+            unit = unit / jnp.linalg.norm(unit, axis=-1, keepdims=True)
+            for n_contr in range(1, 9) if n_radial == 5 else (8,):
+                paths = {
+                    "xla": lambda r, u, n=n_contr: contractions(*moments(r, u), n),
+                    "native": lambda r, u, n=n_contr: native.contractions(moment_sums(r, u), n),
+                }
+                out = {key: jax.jit(jax.vmap(f))(radial, unit) for key, f in paths.items()}
+                scale = float(jnp.max(jnp.abs(out["xla"])))
+                np.testing.assert_allclose(out["native"], out["xla"], atol=2e-7 * scale, rtol=0)
+                w = jax.random.normal(k[2], out["xla"].shape[1:], jnp.float32)
+
+                def loss(f, r, u, scale=scale, w=w):
+                    return jnp.sum(jnp.tanh(f(r, u) / scale) * w)
+
+                def second(f, r, u, loss=loss):  # a force term's parameter gradient
+                    return jnp.sum(jax.grad(loss, 2)(f, r, u) ** 2)
+
+                if n_contr not in (4, 8):  # the VJP's group loops are the member kernel's
+                    continue
+                for order in (jax.grad(loss, (1, 2)), jax.grad(second, 1)):
+                    got, want = (
+                        jax.jit(order, static_argnums=0)(paths[p], radial[0], unit[0])
+                        for p in ("native", "xla")
+                    )
+                    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                        tol = 1e-6 * float(jnp.max(jnp.abs(b)))
+                        np.testing.assert_allclose(a, b, atol=tol, rtol=0)
+
+
+def test_float32_gmnn_takes_the_compiled_contractions(monkeypatch):
+    """A float32 GMNN on a CPU: energies, forces and stress through the compiled contractions
+    equal the XLA path's (whose physics the fp64 tests check) to float32 rounding."""
+    from apax_core import native, predictor
+    from apax_core.frame_predictions import predict
+
+    model = make_model(precision="fp32", seed=3)
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 1))
+    atoms.numbers[[1, 6]] = 47
+    atoms.rattle(0.1, seed=2)
+    calls = []
+    monkeypatch.setattr(native, "contractions", _counting(native.contractions, calls))
+    outputs = {}
+    for path in ("native", "xla"):
+        if path == "xla":
+            monkeypatch.setattr(native, "applies", lambda dtype: False)
+        predictor._compiled.cache_clear()
+        outputs[path] = predict(model, [from_atoms(atoms)], mode="forces")[0]
+    predictor._compiled.cache_clear()
+    assert calls, "the float32 model did not take the compiled contractions"
+    for key in ("energy", "forces", "stress"):
+        scale = np.max(np.abs(outputs["xla"][key]))
+        np.testing.assert_allclose(outputs["native"][key], outputs["xla"][key], atol=1e-5 * scale)
+
+
+def _counting(fn, calls):
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fn(*args, **kwargs)
+
+    return counted
+
+
 def test_float32_sin_cos_match_float64_and_differentiate_to_each_other():
     """The float32 polynomial sine and cosine of the radial basis, against float64 over the
     arguments a Bessel basis meets (k pi r / r_max up to ~70) and far beyond; their derivatives

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from apax_core import native
 from apax_core.config import GMNNConfig
 from apax_core.model.basis import bessel_basis, cosine_cutoff, gaussian_basis, masked_pairs
 
@@ -98,7 +99,17 @@ def moments(radial, unit):
     Against the 40 components of the full tensors, energy + forces cost ~10 % less
     (bench/force_uncertainty.py). Reverse mode only (forces, stress, training, jacrev).
     """
-    m = jnp.einsum("nks,nkc->nsc", radial, _monomials(unit))[..., _FULL]
+    return full_moments(_pair_sums(radial, unit))
+
+
+def _pair_sums(radial, unit):
+    """(N, S, 20): the radial channels times the distinct monomials, summed over the pairs."""
+    return jnp.einsum("nks,nkc->nsc", radial, _monomials(unit))
+
+
+def full_moments(sums):
+    """The distinct sums (N, S, 20) copied into the full tensors m0..m3 (see :func:`moments`)."""
+    m = sums[..., _FULL]
     n, s = m.shape[:2]
     return (
         m[..., 0],
@@ -110,6 +121,22 @@ def moments(radial, unit):
 
 def _moments_fwd(radial, unit):
     return moments(radial, unit), (radial, unit)
+
+
+@jax.custom_vjp
+def moment_sums(radial, unit):
+    """The moments as their 20 distinct pair sums (N, S, 20) (the compiled contractions take
+    these), with :func:`moments`' VJP."""
+    return _pair_sums(radial, unit)
+
+
+def _moment_sums_fwd(radial, unit):
+    return moment_sums(radial, unit), (radial, unit)
+
+
+def _moment_sums_bwd(residuals, g):
+    d_radial, d_unit = monomials_pullback(*residuals, g[:, None])
+    return d_radial[:, :, 0], d_unit[:, :, 0]
 
 
 def monomials_pullback(radial, unit, g):
@@ -146,6 +173,7 @@ def _moments_bwd(residuals, cotangents):
 
 
 moments.defvjp(_moments_fwd, _moments_bwd)
+moment_sums.defvjp(_moment_sums_fwd, _moment_sums_bwd)
 
 
 def contractions(m0, m1, m2, m3, n_contr: int):
@@ -376,5 +404,6 @@ class GaussianMoments(nn.Module):
         )
         onehot = jax.nn.one_hot(species, self.n_species, dtype=self.dtype)  # (N, A)
         radial = radial_channels(r, onehot, onehot[idx_j], coeffs, pair_mask, cfg)
-
+        if native.applies(self.dtype):  # float32 on a CPU: the compiled contractions
+            return native.contractions(moment_sums(radial, unit), cfg.n_contr)
         return contractions(*moments(radial, unit), cfg.n_contr)

@@ -33,7 +33,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("contractions_pullback.cc")
-TARGET = "apax_contractions_pullback"
+TARGETS = {
+    "apax_contractions_pullback": "ApaxContractionsPullback",
+    "apax_contractions": "ApaxContractions",
+    "apax_contractions_vjp": "ApaxContractionsVjp",
+}
+"""FFI target name -> the handler symbol in the library."""
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
 
 
@@ -87,9 +92,8 @@ def available() -> bool:
         detail = getattr(err, "stderr", "") or err
         log.warning("native kernels not built (%s); taking the XLA path", detail)
         return False
-    jax.ffi.register_ffi_target(
-        TARGET, jax.ffi.pycapsule(lib.ApaxContractionsPullback), platform="cpu"
-    )
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)), platform="cpu")
     return True
 
 
@@ -112,14 +116,15 @@ def contractions_pullback(m: tuple, d_features, n_contr: int):
     )
     b = d_features.shape[0]
     call = jax.ffi.ffi_call(
-        TARGET, jax.ShapeDtypeStruct((n, b, s, 20), jnp.float32), vmap_method="sequential"
+        "apax_contractions_pullback",
+        jax.ShapeDtypeStruct((n, b, s, 20), jnp.float32),
+        vmap_method="sequential",
     )
-    return call(
-        full.astype(jnp.float32),
-        d_features.astype(jnp.float32),
-        n_contr=np.int64(n_contr),
-        n_threads=np.int64(os.cpu_count() or 1),
-    )
+    return call(full, d_features, **_attributes(n_contr))
+
+
+def _attributes(n_contr: int) -> dict:
+    return {"n_contr": np.int64(n_contr), "n_threads": np.int64(os.cpu_count() or 1)}
 
 
 def _pullback_fwd(m, d_features, n_contr):
@@ -135,3 +140,66 @@ def _pullback_bwd(n_contr, residuals, cotangent):
 
 
 contractions_pullback.defvjp(_pullback_fwd, _pullback_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def contractions(sums, n_contr: int):
+    """As :func:`apax_core.model.gmnn.contractions` of the moments, from their distinct
+    monomials' pair sums (..., S, 20) -> (..., F), by the compiled kernel (float32, a CPU:
+    callers check :func:`applies`). Atoms fill the vector lanes, 8 at a time. Its VJP is
+    :func:`contractions_vjp`."""
+    if not available():
+        raise RuntimeError("the native kernels are not available here (see applies())")
+    from apax_core.model.gmnn import descriptor_size
+
+    shape = (*sums.shape[:-1][:-1], descriptor_size(sums.shape[-2], n_contr))
+    call = jax.ffi.ffi_call(
+        "apax_contractions", jax.ShapeDtypeStruct(shape, jnp.float32), vmap_method="broadcast_all"
+    )
+    return call(sums, **_attributes(n_contr))
+
+
+def _contractions_fwd(sums, n_contr):
+    return contractions(sums, n_contr), sums
+
+
+def _contractions_bwd(n_contr, sums, cotangent):
+    return (contractions_vjp(sums, cotangent, n_contr),)
+
+
+contractions.defvjp(_contractions_fwd, _contractions_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def contractions_vjp(sums, cotangent, n_contr: int):
+    """The VJP of :func:`contractions`: the cotangent of the sums (..., S, 20) from the
+    features' (..., F), by the compiled kernel. Differentiable (training on forces): its own
+    VJP is that of the XLA version (:func:`apax_core.model.gmnn.contractions_pullback`)."""
+    call = jax.ffi.ffi_call(
+        "apax_contractions_vjp",
+        jax.ShapeDtypeStruct(sums.shape, jnp.float32),
+        vmap_method="broadcast_all",
+    )
+    return call(sums, cotangent, **_attributes(n_contr))
+
+
+def _xla_vjp(sums, cotangent, n_contr):
+    """:func:`contractions_vjp` by XLA, for one structure (N, S, 20), (N, F)."""
+    from apax_core.model.gmnn import contractions_pullback, full_moments
+
+    return contractions_pullback(full_moments(sums), cotangent[None], n_contr)[:, 0]
+
+
+def _vjp_fwd(sums, cotangent, n_contr):
+    return contractions_vjp(sums, cotangent, n_contr), (sums, cotangent)
+
+
+def _vjp_bwd(n_contr, residuals, g):
+    sums, cotangent = residuals
+    fn = functools.partial(_xla_vjp, n_contr=n_contr)
+    for _ in range(sums.ndim - 3):  # leading batch axes (vmapped structures)
+        fn = jax.vmap(fn)
+    return jax.vjp(fn, sums, cotangent)[1](g)
+
+
+contractions_vjp.defvjp(_vjp_fwd, _vjp_bwd)

@@ -1,15 +1,18 @@
-// The GMNN contractions' VJP for B cotangents at once (a shallow ensemble's members), as the
-// cotangents of the distinct monomials' pair sums: the same numbers as
-// apax_core.model.gmnn.contractions_pullback, in one pass over the atoms.
+// The GMNN contractions (apax_core.model.gmnn.contractions) and their VJP, as the cotangents
+// of the distinct monomials' pair sums (the same numbers as gmnn.contractions_pullback), each
+// in one pass over the atoms. XLA's version of the same arithmetic runs as ~40 small batched
+// ops whose index shuffling costs far more than their flops.
 //
 // Per atom, the products of each contraction's other factors ("partners", folded onto the
-// distinct components of the moment they multiply) are formed once; then every feature adds
-// its B cotangents times its partners to the moments it depends on. The member axis is the
-// innermost loop (contiguous, vectorised). XLA's version of the same arithmetic runs as ~40
-// small batched ops whose index shuffling costs far more than their flops.
+// distinct components of the moment they multiply) are formed once. A feature is its first
+// factor's distinct components dotted with its partners; its VJP adds the feature's cotangent
+// times its partners to each factor. Two ways to fill the vector lanes:
+// - ApaxContractionsPullback: B cotangents of one atom (a shallow ensemble's members) in the
+//   lanes, scalar partners;
+// - ApaxContractions / ApaxContractionsVjp: one cotangent, kLanes atoms in the lanes.
 //
-// Inputs: moments (N, S, 40) as [m0, m1 (3), m2 (9), m3 (27)] (full, symmetric tensors),
-// cotangents (B, N, F) with F = descriptor_size(S, n_contr). Output: (N, B, S, 20).
+// The member kernel takes the moments as (N, S, 40): [m0, m1 (3), m2 (9), m3 (27)] (full,
+// symmetric tensors); the single-cotangent ones take the 20 distinct sums (..., S, 20).
 
 #include <algorithm>
 #include <cstdint>
@@ -28,23 +31,49 @@ constexpr int kPair[9] = {0, 1, 2, 1, 3, 4, 2, 4, 5};
 constexpr int kTriple[27] = {0, 1, 2, 1, 3, 4, 2, 4, 5, 1, 3, 4, 3, 6, 7,
                              4, 7, 8, 2, 4, 5, 4, 7, 8, 5, 8, 9};
 
+// kLanes floats, one per atom of a block; GCC vectorises the loops over them.
+constexpr int kLanes = 8;
+struct V {
+  float v[kLanes];
+};
+inline V operator*(const V& a, const V& b) {
+  V r;
+  for (int l = 0; l < kLanes; ++l) r.v[l] = a.v[l] * b.v[l];
+  return r;
+}
+inline V& operator+=(V& a, const V& b) {
+  for (int l = 0; l < kLanes; ++l) a.v[l] += b.v[l];
+  return a;
+}
+inline float lane(float x, int) { return x; }
+inline float lane(const V& x, int l) { return x.v[l]; }
+
+// Representative full component of each distinct rank-2 and rank-3 monomial.
+constexpr int kRep2[6] = {0, 1, 2, 4, 5, 8};
+constexpr int kRep3[10] = {0, 1, 2, 4, 5, 8, 13, 14, 17, 26};
+
+template <class T>
 struct Moments {
-  const float* p;  // (S, 40)
-  float m1(int s, int x) const { return p[s * 40 + 1 + x]; }
-  float m2(int s, int x, int y) const { return p[s * 40 + 4 + 3 * x + y]; }
-  float m3(int s, int x, int y, int z) const { return p[s * 40 + 13 + 9 * x + 3 * y + z]; }
+  const T* p;  // (S, 40)
+  const T& m0(int s) const { return p[s * 40]; }
+  const T& m1(int s, int x) const { return p[s * 40 + 1 + x]; }
+  const T& m2(int s, int x, int y) const { return p[s * 40 + 4 + 3 * x + y]; }
+  const T& m3(int s, int x, int y, int z) const { return p[s * 40 + 13 + 9 * x + 3 * y + z]; }
+  const T& d2(int s, int c) const { return p[s * 40 + 4 + kRep2[c]]; }   // distinct rank 2
+  const T& d3(int s, int c) const { return p[s * 40 + 13 + kRep3[c]]; }  // distinct rank 3
 };
 
-// Partner products of one atom, folded: index [a * S + b] then component.
+// Partner products of one atom (or block), folded: index [a * S + b] then component.
+template <class T>
 struct Partners {
   int S;
-  std::vector<float> f2, f3, aa, p51, o5, p6, q6, p7, q7, r7;
+  std::vector<T> f2, f3, aa, p51, o5, p6, q6, p7, q7, r7;
   explicit Partners(int S)
       : S(S), f2(S * 6), f3(S * 10), aa(S * S * 6), p51(S * S * 3), o5(S * S * 6),
         p6(S * S * 10), q6(S * S * 6), p7(S * S * 10), q7(S * S * 6), r7(S * S * 3) {}
 
-  void compute(const Moments& m) {
-    for (auto* v : {&f2, &f3, &aa, &o5, &p6, &q6, &p7, &q7}) std::fill(v->begin(), v->end(), 0.f);
+  void compute(const Moments<T>& m) {
+    for (auto* v : {&f2, &f3, &aa, &o5, &p6, &q6, &p7, &q7}) std::fill(v->begin(), v->end(), T{});
     for (int s = 0; s < S; ++s)
       for (int i = 0; i < 9; ++i) {
         f2[s * 6 + kPair[i]] += m.m2(s, i / 3, i % 3);
@@ -55,20 +84,20 @@ struct Partners {
   }
 
   // The partners of index pair (a, b), as gmnn._partners forms them.
-  void pair_partners(const Moments& m, int a, int b, int ab) {
+  void pair_partners(const Moments<T>& m, int a, int b, int ab) {
     for (int x = 0; x < 3; ++x) {
-      float p51_ = 0.f, r7_ = 0.f;
+      T p51_{}, r7_{};
       for (int y = 0; y < 3; ++y) {
         p51_ += m.m2(b, x, y) * m.m1(a, y);  // (A_b m1_a)_x
         const int c2 = ab * 6 + kPair[3 * x + y];
-        float aa_ = 0.f, q6_ = 0.f, q7_ = 0.f;
+        T aa_{}, q6_{}, q7_{};
         for (int z = 0; z < 3; ++z) {
           r7_ += m.m3(a, z, y, x) * m.m2(b, z, y);  // sum_zy m3_a,zyx A_b,zy
           aa_ += m.m2(a, x, z) * m.m2(b, z, y);     // (A_a A_b)_xy
           q7_ += m.m3(a, x, y, z) * m.m1(b, z);     // sum_z m3_a,xyz m1_b,z
           const int c3 = ab * 10 + kTriple[9 * x + 3 * y + z];
           p7[c3] += m.m2(a, x, y) * m.m1(b, z);  // A_a,xy m1_b,z
-          float p6_ = 0.f;
+          T p6_{};
           for (int w = 0; w < 3; ++w) {
             p6_ += m.m3(a, x, y, w) * m.m2(b, z, w);     // sum_w m3_a,xyw A_b,zw
             q6_ += m.m3(a, z, w, x) * m.m3(b, z, w, y);  // sum_zw m3_a,zwx m3_b,zwy
@@ -96,17 +125,24 @@ struct Accumulator {
   std::vector<float> g;  // (S, 20, B)
   Accumulator(int S, int B) : S(S), B(B), g(S * 20 * B) {}
   float* at(int s, int c) { return g.data() + (s * 20 + c) * B; }
-  // g[q][off + c] += d * partner[c] for c < n
-  void add(int q, int off, const float* d, const float* partner, int n) {
-    for (int c = 0; c < n; ++c) axpy(at(q, off + c), d, partner[c], B);
+  // g[q][off + c][b] += d[b] * partner[c] (lane b of it), c < n
+  template <class T>
+  void add(int q, int off, const float* d, const T* partner, int n) {
+    for (int c = 0; c < n; ++c) {
+      float* a = at(q, off + c);
+      for (int b = 0; b < B; ++b) a[b] += d[b] * lane(partner[c], b);
+    }
   }
 };
 
-void one_atom(const Moments& m, const float* d, Partners& p, Accumulator& acc, int n_contr) {
+// The VJP of one atom (T = float: B members in the lanes) or of a block of atoms (T = V: one
+// cotangent per atom, B = kLanes): d (F, B) -> acc.g (S, 20, B).
+template <class T>
+void vjp(const Moments<T>& m, const float* d, Partners<T>& p, Accumulator& acc, int n_contr) {
   const int S = p.S, B = acc.B;
   std::fill(acc.g.begin(), acc.g.end(), 0.f);
   p.compute(m);
-  float m1[3];
+  T m1[3];
   int f = 0;
   auto row = [&](int feature) { return d + feature * B; };
   for (int r = 0; r < S; ++r, ++f) axpy(acc.at(r, 0), row(f), 1.f, B);
@@ -157,15 +193,66 @@ void one_atom(const Moments& m, const float* d, Partners& p, Accumulator& acc, i
         }
 }
 
+// dot(a[0:n], b[0:n]) where a is strided by `step` (distinct moment components)
+template <class T>
+T dot(const T* a, const T* b, int n) {
+  T acc{};
+  for (int c = 0; c < n; ++c) acc += a[c] * b[c];
+  return acc;
+}
+
+// The features of one block (a feature: its first factor's distinct components dotted with
+// the folded product of the others), in gmnn.contractions' order.
+template <class T>
+void features(const Moments<T>& m, const Partners<T>& p, int n_contr, T* out) {
+  const int S = p.S;
+  int f = 0;
+  T d2[6], d3[10];
+  auto load = [&](int s) {
+    for (int c = 0; c < 6; ++c) d2[c] = m.d2(s, c);
+    for (int c = 0; c < 10; ++c) d3[c] = m.d3(s, c);
+  };
+  for (int r = 0; r < S; ++r) out[f++] = m.m0(r);
+  for (int group = 1; group < std::min(n_contr, 4); ++group)
+    for (int r = 0; r < S; ++r) {
+      load(r);
+      for (int s = r; s < S; ++s) {
+        if (group == 1) out[f++] = dot(&m.m1(r, 0), &m.m1(s, 0), 3);
+        if (group == 2) out[f++] = dot(d2, &p.f2[s * 6], 6);
+        if (group == 3) out[f++] = dot(d3, &p.f3[s * 10], 10);
+      }
+    }
+  if (n_contr > 4)
+    for (int r = 0; r < S; ++r) {
+      load(r);
+      for (int s = r; s < S; ++s)
+        for (int t = s; t < S; ++t) out[f++] = dot(d2, &p.aa[(s * S + t) * 6], 6);
+    }
+  for (int group = 5; group < std::min(n_contr, 7); ++group)
+    for (int r = 0; r < S; ++r)
+      for (int s = r; s < S; ++s)
+        for (int t = 0; t < S; ++t) {
+          load(t);
+          const auto& q = group == 5 ? p.o5 : p.q6;
+          out[f++] = dot(d2, &q[(r * S + s) * 6], 6);
+        }
+  if (n_contr > 7)
+    for (int r = 0; r < S; ++r) {
+      load(r);
+      for (int s = 0; s < S; ++s)
+        for (int t = 0; t < S; ++t) out[f++] = dot(d3, &p.p7[(s * S + t) * 10], 10);
+    }
+}
+
 void atom_range(const float* moments, const float* d, float* out, int64_t lo, int64_t hi,
                 int64_t N, int S, int B, int F, int n_contr) {
-  Partners p(S);
+  Partners<float> p(S);
   Accumulator acc(S, B);
   std::vector<float> dt(static_cast<size_t>(F) * B);  // this atom's cotangents, (F, B)
   for (int64_t n = lo; n < hi; ++n) {
     for (int b = 0; b < B; ++b)
       for (int f = 0; f < F; ++f) dt[f * B + b] = d[(b * N + n) * F + f];
-    one_atom(Moments{moments + n * S * 40}, dt.data(), p, acc, n_contr);
+    vjp(Moments<float>{moments + n * S * 40}, dt.data(), p, acc, n_contr);
     float* o = out + n * B * S * 20;  // (B, S, 20)
     for (int s = 0; s < S; ++s)
       for (int c = 0; c < 20; ++c)
@@ -173,8 +260,20 @@ void atom_range(const float* moments, const float* d, float* out, int64_t lo, in
   }
 }
 
-ffi::Error Impl(ffi::Buffer<ffi::F32> moments, ffi::Buffer<ffi::F32> d,
-                ffi::ResultBuffer<ffi::F32> out, int64_t n_contr, int64_t n_threads) {
+// fn(lo, hi) over [0, n) split among up to n_threads threads (this one included).
+template <class Fn>
+void parallel(int64_t n, int64_t n_threads, int64_t min_per_thread, Fn fn) {
+  const int64_t threads = std::max<int64_t>(1, std::min(n_threads, n / min_per_thread));
+  const int64_t chunk = (n + threads - 1) / threads;
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t)
+    if (t * chunk < n) pool.emplace_back(fn, t * chunk, std::min(n, (t + 1) * chunk));
+  fn(int64_t{0}, std::min(n, chunk));
+  for (auto& th : pool) th.join();
+}
+
+ffi::Error MemberVjp(ffi::Buffer<ffi::F32> moments, ffi::Buffer<ffi::F32> d,
+                     ffi::ResultBuffer<ffi::F32> out, int64_t n_contr, int64_t n_threads) {
   const auto md = moments.dimensions();
   const auto dd = d.dimensions();
   if (md.size() != 3 || md[2] != 40 || dd.size() != 3 || dd[1] != md[0])
@@ -185,22 +284,115 @@ ffi::Error Impl(ffi::Buffer<ffi::F32> moments, ffi::Buffer<ffi::F32> d,
   const float* mp = moments.typed_data();
   const float* dp = d.typed_data();
   float* op = out->typed_data();
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(n_threads, N / 32));
-  std::vector<std::thread> pool;
-  const int64_t chunk = (N + threads - 1) / threads;
-  for (int64_t t = 1; t < threads; ++t) {
-    const int64_t lo = t * chunk, hi = std::min(N, lo + chunk);
-    if (lo < hi)
-      pool.emplace_back(atom_range, mp, dp, op, lo, hi, N, S, B, F, static_cast<int>(n_contr));
-  }
-  atom_range(mp, dp, op, 0, std::min(N, chunk), N, S, B, F, static_cast<int>(n_contr));
-  for (auto& th : pool) th.join();
+  parallel(N, n_threads, 32, [=](int64_t lo, int64_t hi) {
+    atom_range(mp, dp, op, lo, hi, N, S, B, F, static_cast<int>(n_contr));
+  });
+  return ffi::Error::Success();
+}
+
+// Position of each full component [1, m1 (3), m2 (9), m3 (27)] among the 20 distinct ones.
+constexpr int kFull[40] = {0,  1,  2,  3,  4,  5,  6,  5,  7,  8,  6,  8,  9,  10,
+                           11, 12, 11, 13, 14, 12, 14, 15, 11, 13, 14, 13, 16, 17,
+                           14, 17, 18, 12, 14, 15, 14, 17, 18, 15, 18, 19};
+
+// Atoms [lo, hi) of the distinct sums (A, S, 20), as full tensors in the lanes of `m`.
+void load_block(const float* sums, int64_t lo, int64_t hi, int S, std::vector<V>& m) {
+  std::fill(m.begin(), m.end(), V{});
+  for (int64_t n = lo; n < hi; ++n)
+    for (int s = 0; s < S; ++s)
+      for (int i = 0; i < 40; ++i) m[s * 40 + i].v[n - lo] = sums[(n * S + s) * 20 + kFull[i]];
+}
+
+// The per-atom block loop of the single-cotangent kernels.
+template <class Fn>
+void blocks(int64_t A, int64_t n_threads, Fn per_block) {
+  const int64_t n_blocks = (A + kLanes - 1) / kLanes;
+  parallel(n_blocks, n_threads, 4, [=](int64_t lo, int64_t hi) {
+    for (int64_t blk = lo; blk < hi; ++blk)
+      per_block(blk * kLanes, std::min(A, (blk + 1) * kLanes));
+  });
+}
+
+int64_t leading(ffi::Span<const int64_t> dims, size_t trailing) {
+  int64_t n = 1;
+  for (size_t i = 0; i + trailing < dims.size(); ++i) n *= dims[i];
+  return n;
+}
+
+ffi::Error Forward(ffi::Buffer<ffi::F32> moments, ffi::ResultBuffer<ffi::F32> out,
+                   int64_t n_contr, int64_t n_threads) {
+  const auto md = moments.dimensions();
+  const auto od = out->dimensions();
+  if (md.size() < 2 || md.back() != 20)
+    return ffi::Error::InvalidArgument("contractions: moment sums (..., S, 20)");
+  const int64_t A = leading(md, 2);
+  const int S = static_cast<int>(md[md.size() - 2]), F = static_cast<int>(od.back());
+  const float* mp = moments.typed_data();
+  float* op = out->typed_data();
+  blocks(A, n_threads, [=](int64_t lo, int64_t hi) {
+    thread_local std::vector<V> m, f;
+    thread_local std::vector<Partners<V>> p;
+    m.resize(S * 40);
+    f.resize(F);
+    if (p.empty() || p[0].S != S) p.assign(1, Partners<V>(S));
+    load_block(mp, lo, hi, S, m);
+    Moments<V> mm{m.data()};
+    p[0].compute(mm);
+    features(mm, p[0], static_cast<int>(n_contr), f.data());
+    for (int64_t n = lo; n < hi; ++n)
+      for (int i = 0; i < F; ++i) op[n * F + i] = f[i].v[n - lo];
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error Vjp(ffi::Buffer<ffi::F32> moments, ffi::Buffer<ffi::F32> d,
+               ffi::ResultBuffer<ffi::F32> out, int64_t n_contr, int64_t n_threads) {
+  const auto md = moments.dimensions();
+  const auto dd = d.dimensions();
+  if (md.size() < 2 || md.back() != 20 || leading(dd, 1) != leading(md, 2))
+    return ffi::Error::InvalidArgument("contractions_vjp: moment sums (..., S, 20), d (..., F)");
+  const int64_t A = leading(md, 2);
+  const int S = static_cast<int>(md[md.size() - 2]), F = static_cast<int>(dd.back());
+  const float* mp = moments.typed_data();
+  const float* dp = d.typed_data();
+  float* op = out->typed_data();
+  blocks(A, n_threads, [=](int64_t lo, int64_t hi) {
+    thread_local std::vector<V> m;
+    thread_local std::vector<float> dt;
+    thread_local std::vector<Partners<V>> p;
+    thread_local std::vector<Accumulator> acc;
+    m.resize(S * 40);
+    dt.assign(static_cast<size_t>(F) * kLanes, 0.f);
+    if (p.empty() || p[0].S != S) p.assign(1, Partners<V>(S));
+    if (acc.empty() || acc[0].S != S) acc.assign(1, Accumulator(S, kLanes));
+    load_block(mp, lo, hi, S, m);
+    for (int64_t n = lo; n < hi; ++n)
+      for (int i = 0; i < F; ++i) dt[i * kLanes + (n - lo)] = dp[n * F + i];
+    vjp(Moments<V>{m.data()}, dt.data(), p[0], acc[0], static_cast<int>(n_contr));
+    for (int64_t n = lo; n < hi; ++n)
+      for (int i = 0; i < S * 20; ++i) op[n * S * 20 + i] = acc[0].g[i * kLanes + (n - lo)];
+  });
   return ffi::Error::Success();
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsPullback, Impl,
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsPullback, MemberVjp,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("n_contr")
+                                  .Attr<int64_t>("n_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractions, Forward,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("n_contr")
+                                  .Attr<int64_t>("n_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsVjp, Vjp,
                               ffi::Ffi::Bind()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
