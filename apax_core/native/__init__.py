@@ -1,9 +1,13 @@
 """Compiled CPU kernels, registered with XLA as FFI targets.
 
-XLA's CPU backend runs the GMNN contractions' member pull-back (a shallow ensemble's force
-uncertainty) as dozens of small batched ops whose index shuffling dominates; the same
-arithmetic written as one loop over the atoms (``contractions_pullback.cc``) is several times
-faster. The source is compiled on first use with the system's C++ compiler against the XLA FFI
+XLA's CPU backend runs the GMNN contractions (eight groups of invariants of a few hundred
+flops per atom) and their VJPs as dozens of small batched ops whose index shuffling
+dominates; the same arithmetic as one loop over the atoms (``gmnn_contractions.cc``) is
+several times faster: :func:`contractions` and :func:`contractions_vjp` (every float32 GMNN
+on a CPU: MD, predictions, training) and :func:`contractions_pullback` (a shallow
+ensemble's member forces).
+
+The source is compiled on first use with the system's C++ compiler against the XLA FFI
 headers that jaxlib ships, into ``$XDG_CACHE_HOME/apax_core/native`` (else
 ``~/.cache/apax_core/native``; ``APAX_NATIVE_CACHE`` names another folder), keyed by the
 source, the jaxlib version, the flags and the processor; files are written whole (temp +
@@ -32,7 +36,7 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("contractions_pullback.cc")
+SOURCE = Path(__file__).with_name("gmnn_contractions.cc")
 TARGETS = {
     "apax_contractions_pullback": "ApaxContractionsPullback",
     "apax_contractions": "ApaxContractions",
@@ -84,7 +88,7 @@ def available() -> bool:
         return False
     compiler = shutil.which(os.environ.get("CXX", "g++"))
     if compiler is None:
-        log.warning("no C++ compiler: shallow-ensemble force uncertainties take the XLA path")
+        log.warning("no C++ compiler: the GMNN contractions take the XLA path (slower)")
         return False
     try:
         lib = ctypes.cdll.LoadLibrary(str(_compile(compiler)))

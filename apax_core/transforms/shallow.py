@@ -11,7 +11,7 @@ once and the M cotangents travel together:
   M times the rows);
 - contractions: :func:`apax_core.model.gmnn.contractions_pullback`, the products of each
   contraction's other factors formed once and shared by the members; on a CPU, float32, the
-  same arithmetic as a compiled kernel (:mod:`apax_core.native`, ~3x faster);
+  same arithmetic as a compiled kernel (:func:`apax_core.native.contractions_pullback`);
 - moments: :func:`apax_core.model.gmnn.monomials_pullback`, the members folded into the
   columns of its two per-atom GEMMs, so pair intermediates are (N, K, M, S) and (N, K, M, 3),
   never (N, K, S, 20) per member;
@@ -38,9 +38,8 @@ from apax_core.config import GMNNConfig
 from apax_core.data.batch import Batch
 from apax_core.model.basis import masked_pairs
 from apax_core.model.gmnn import (
-    contractions,
     contractions_pullback,
-    moments,
+    features_and_moments,
     monomials_pullback,
     radial_and_slope,
 )
@@ -108,8 +107,7 @@ def _forward(model, params, s: Batch) -> tuple[jax.Array, Trunk]:
     dr, r = masked_pairs(dr_vec, s.pair_mask, dtype)
     unit = dr / r[..., None]
     radial, d_radial_dr = radial_and_slope(r, onehot, neighbour_onehot, coeffs, s.pair_mask, cfg)
-    m = moments(radial, unit)
-    features = contractions(*m, cfg.n_contr)
+    features, m = features_and_moments(radial, unit, cfg.n_contr)
 
     readout = Readout(cfg.hidden, cfg.activation, cfg.n_members, dtype)
     scale = params["scale_shift"]["scale"][species] * s.atom_mask
