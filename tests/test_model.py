@@ -247,6 +247,16 @@ def test_hand_derived_contraction_pullback_equals_autodiff(n_radial):
             np.testing.assert_allclose(np.moveaxis(got, 1, 0), want, rtol=1e-10, atol=1e-10)
 
 
+def _random_pairs(key, shape, n_radial):
+    """float32 radial channels shape + (n_radial,) and unit vectors shape + (3,)."""
+    import jax
+    import jax.numpy as jnp
+
+    radial = jax.random.normal(key[0], (*shape, n_radial), jnp.float32)
+    unit = jax.random.normal(key[1], (*shape, 3), jnp.float32)
+    return radial, unit / jnp.linalg.norm(unit, axis=-1, keepdims=True)
+
+
 def test_compiled_contraction_pullback_equals_the_xla_one():
     """The compiled CPU kernel (apax_core.native, built here with the system's compiler: it
     must build) against gmnn.contractions_pullback: every number of groups, two radial
@@ -263,9 +273,8 @@ def test_compiled_contraction_pullback_equals_the_xla_one():
     key = jax.random.split(jax.random.PRNGKey(7), 3)
     with x64():
         for n_radial in (5, 3):
-            radial = jax.random.normal(key[0], (2, 9, 7, n_radial), jnp.float32)
-            unit = jax.random.normal(key[1], (2, 9, 7, 3), jnp.float32)
-            m = jax.vmap(moments)(radial, unit / jnp.linalg.norm(unit, axis=-1, keepdims=True))
+            radial, unit = _random_pairs(key, (2, 9, 7), n_radial)
+            m = jax.vmap(moments)(radial, unit)
             for n_contr in range(1, 9):
                 shape = (2, 3, 9, descriptor_size(n_radial, n_contr))
                 d = jax.random.normal(key[2], shape, jnp.float32)
@@ -302,9 +311,7 @@ def test_compiled_contractions_and_their_derivatives_equal_the_xla_ones():
     k = jax.random.split(jax.random.PRNGKey(11), 3)
     with x64():
         for n_radial in (5, 3):
-            radial = jax.random.normal(k[0], (2, 11, 6, n_radial), jnp.float32)
-            unit = jax.random.normal(k[1], (2, 11, 6, 3), jnp.float32)
-            unit = unit / jnp.linalg.norm(unit, axis=-1, keepdims=True)
+            radial, unit = _random_pairs(k, (2, 11, 6), n_radial)
             for n_contr in range(1, 9) if n_radial == 5 else (8,):
                 paths = {
                     "xla": lambda r, u, n=n_contr: contractions(*moments(r, u), n),

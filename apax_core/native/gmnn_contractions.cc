@@ -377,13 +377,16 @@ ffi::Error Vjp(ffi::Buffer<ffi::F32> moments, ffi::Buffer<ffi::F32> d,
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsPullback, MemberVjp,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("n_contr")
-                                  .Attr<int64_t>("n_threads"));
+// (moments, cotangents) -> result, with the group count and the threads as attributes.
+#define APAX_TWO_INPUTS                 \
+  ffi::Ffi::Bind()                      \
+      .Arg<ffi::Buffer<ffi::F32>>()     \
+      .Arg<ffi::Buffer<ffi::F32>>()     \
+      .Ret<ffi::Buffer<ffi::F32>>()     \
+      .Attr<int64_t>("n_contr")         \
+      .Attr<int64_t>("n_threads")
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsPullback, MemberVjp, APAX_TWO_INPUTS);
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractions, Forward,
                               ffi::Ffi::Bind()
@@ -392,10 +395,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractions, Forward,
                                   .Attr<int64_t>("n_contr")
                                   .Attr<int64_t>("n_threads"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsVjp, Vjp,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("n_contr")
-                                  .Attr<int64_t>("n_threads"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsVjp, Vjp, APAX_TWO_INPUTS);
