@@ -102,7 +102,7 @@ def available() -> bool:
 
 
 def applies(dtype) -> bool:
-    """Whether :func:`contractions_pullback` can run here: float32 on a CPU backend."""
+    """Whether the kernels can run here: float32 on a CPU backend, built and registered."""
     return jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == "cpu" and available()
 
 

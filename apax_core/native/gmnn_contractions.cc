@@ -193,7 +193,7 @@ void vjp(const Moments<T>& m, const float* d, Partners<T>& p, Accumulator& acc, 
         }
 }
 
-// dot(a[0:n], b[0:n]) where a is strided by `step` (distinct moment components)
+// sum_c a[c] * b[c], c < n
 template <class T>
 T dot(const T* a, const T* b, int n) {
   T acc{};
