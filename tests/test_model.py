@@ -298,8 +298,10 @@ def test_compiled_contraction_pullback_equals_the_xla_one():
 
 def test_compiled_contractions_and_their_derivatives_equal_the_xla_ones():
     """native.contractions (atoms in the vector lanes) against gmnn.contractions of the same
-    moments, float32 under x64: values, gradients and a gradient of a gradient (training on
-    forces), every number of groups (and a second radial size), vmapped over structures."""
+    moments, float32 under x64: values, gradients, a gradient of a gradient (training on
+    forces: the second-order kernel, which must be the one called) and a third derivative
+    (its XLA fallback), every number of groups (and a second radial size), vmapped over
+    structures as training calls them."""
     import jax
     import jax.numpy as jnp
 
@@ -326,18 +328,24 @@ def test_compiled_contractions_and_their_derivatives_equal_the_xla_ones():
                     return jnp.sum(jnp.tanh(f(r, u) / scale) * w)
 
                 def second(f, r, u, loss=loss):  # a force term's parameter gradient
-                    return jnp.sum(jax.grad(loss, 2)(f, r, u) ** 2)
+                    return jnp.sum(jnp.sin(jax.grad(loss, 2)(f, r, u)))
 
-                if n_contr not in (4, 8):  # the VJP's group loops are the member kernel's
+                def third(f, r, u, second=second):
+                    return jnp.sum(jax.grad(second, 1)(f, r, u) ** 2)
+
+                if n_contr not in (4, 8):  # the VJPs' group loops are the member kernel's
                     continue
-                for order in (jax.grad(loss, (1, 2)), jax.grad(second, 1)):
-                    got, want = (
-                        jax.jit(order, static_argnums=0)(paths[p], radial[0], unit[0])
-                        for p in ("native", "xla")
-                    )
+                orders = (jax.grad(loss, (1, 2)), jax.grad(second, (1, 2)))
+                orders += (jax.grad(third, 1),) if n_contr == 8 else ()
+                for order in orders:
+                    fn = jax.jit(jax.vmap(order, (None, 0, 0)), static_argnums=0)
+                    got, want = (fn(paths[p], radial, unit) for p in ("native", "xla"))
                     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
                         tol = 1e-6 * float(jnp.max(jnp.abs(b)))
                         np.testing.assert_allclose(a, b, atol=tol, rtol=0)
+                    if order is orders[1]:
+                        hlo = fn.lower(paths["native"], radial, unit).as_text()
+                        assert "apax_contractions_vjp_vjp" in hlo
 
 
 def test_float32_gmnn_takes_the_compiled_contractions(monkeypatch):

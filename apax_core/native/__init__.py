@@ -3,9 +3,9 @@
 XLA's CPU backend runs the GMNN contractions (eight groups of invariants of a few hundred
 flops per atom) and their VJPs as dozens of small batched ops whose index shuffling
 dominates; the same arithmetic as one loop over the atoms (``gmnn_contractions.cc``) is
-several times faster: :func:`contractions` and :func:`contractions_vjp` (every float32 GMNN
-on a CPU: MD, predictions, training) and :func:`contractions_pullback` (a shallow
-ensemble's member forces).
+several times faster: :func:`contractions`, :func:`contractions_vjp` (every float32 GMNN on
+a CPU: MD, predictions, training) and :func:`contractions_vjp_vjp` (training on forces), and
+:func:`contractions_pullback` (a shallow ensemble's member forces).
 
 The source is compiled on first use with the system's C++ compiler against the XLA FFI
 headers that jaxlib ships, into ``$XDG_CACHE_HOME/apax_core/native`` (else
@@ -41,6 +41,7 @@ TARGETS = {
     "apax_contractions_pullback": "ApaxContractionsPullback",
     "apax_contractions": "ApaxContractions",
     "apax_contractions_vjp": "ApaxContractionsVjp",
+    "apax_contractions_vjp_vjp": "ApaxContractionsVjpVjp",
 }
 """FFI target name -> the handler symbol in the library."""
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
@@ -177,14 +178,50 @@ contractions.defvjp(_contractions_fwd, _contractions_bwd)
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def contractions_vjp(sums, cotangent, n_contr: int):
     """The VJP of :func:`contractions`: the cotangent of the sums (..., S, 20) from the
-    features' (..., F), by the compiled kernel. Differentiable (training on forces): its own
-    VJP is that of the XLA version (:func:`apax_core.model.gmnn.contractions_pullback`)."""
+    features' (..., F), by the compiled kernel. Its VJP (training on forces) is
+    :func:`contractions_vjp_vjp`."""
     call = jax.ffi.ffi_call(
         "apax_contractions_vjp",
         jax.ShapeDtypeStruct(sums.shape, jnp.float32),
         vmap_method="broadcast_all",
     )
     return call(sums, cotangent, **_attributes(n_contr))
+
+
+def _vjp_fwd(sums, cotangent, n_contr):
+    return contractions_vjp(sums, cotangent, n_contr), (sums, cotangent)
+
+
+def _vjp_bwd(n_contr, residuals, g):
+    return contractions_vjp_vjp(*residuals, g, n_contr)
+
+
+contractions_vjp.defvjp(_vjp_fwd, _vjp_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def contractions_vjp_vjp(sums, cotangent, g, n_contr: int):
+    """The VJP of :func:`contractions_vjp` at (sums, cotangent) for the cotangent ``g`` of
+    its result, by the compiled kernel: (the sums' part (..., S, 20), the Hessian of
+    <cotangent, features> times g; the cotangent's part (..., F), the features' JVP along g).
+    This is the second-order part of training on forces. Differentiable once more through
+    the XLA version (:func:`_xla_vjp_vjp`)."""
+    call = jax.ffi.ffi_call(
+        "apax_contractions_vjp_vjp",
+        (
+            jax.ShapeDtypeStruct(sums.shape, jnp.float32),
+            jax.ShapeDtypeStruct(cotangent.shape, jnp.float32),
+        ),
+        vmap_method="broadcast_all",
+    )
+    return call(sums, cotangent, g, **_attributes(n_contr))
+
+
+def _per_structure(fn, sums):
+    """``fn`` vmapped over the leading (structure) axes of ``sums`` beyond (N, S, 20)."""
+    for _ in range(sums.ndim - 3):
+        fn = jax.vmap(fn)
+    return fn
 
 
 def _xla_vjp(sums, cotangent, n_contr):
@@ -194,16 +231,18 @@ def _xla_vjp(sums, cotangent, n_contr):
     return contractions_pullback(full_moments(sums), cotangent[None], n_contr)[:, 0]
 
 
-def _vjp_fwd(sums, cotangent, n_contr):
-    return contractions_vjp(sums, cotangent, n_contr), (sums, cotangent)
+def _xla_vjp_vjp(sums, cotangent, g, n_contr):
+    """:func:`contractions_vjp_vjp` by XLA, for one structure."""
+    return jax.vjp(functools.partial(_xla_vjp, n_contr=n_contr), sums, cotangent)[1](g)
 
 
-def _vjp_bwd(n_contr, residuals, g):
-    sums, cotangent = residuals
-    fn = functools.partial(_xla_vjp, n_contr=n_contr)
-    for _ in range(sums.ndim - 3):  # leading batch axes (vmapped structures)
-        fn = jax.vmap(fn)
-    return jax.vjp(fn, sums, cotangent)[1](g)
+def _vjp_vjp_fwd(sums, cotangent, g, n_contr):
+    return contractions_vjp_vjp(sums, cotangent, g, n_contr), (sums, cotangent, g)
 
 
-contractions_vjp.defvjp(_vjp_fwd, _vjp_bwd)
+def _vjp_vjp_bwd(n_contr, residuals, cotangents):
+    fn = _per_structure(functools.partial(_xla_vjp_vjp, n_contr=n_contr), residuals[0])
+    return jax.vjp(fn, *residuals)[1](cotangents)
+
+
+contractions_vjp_vjp.defvjp(_vjp_vjp_fwd, _vjp_vjp_bwd)

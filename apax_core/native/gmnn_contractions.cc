@@ -6,10 +6,12 @@
 // Per atom, the products of each contraction's other factors ("partners", folded onto the
 // distinct components of the moment they multiply) are formed once. A feature is its first
 // factor's distinct components dotted with its partners; its VJP adds the feature's cotangent
-// times its partners to each factor. Two ways to fill the vector lanes:
+// times its partners to each factor. Three ways to fill the vector lanes:
 // - ApaxContractionsPullback: B cotangents of one atom (a shallow ensemble's members) in the
 //   lanes, scalar partners;
-// - ApaxContractions / ApaxContractionsVjp: one cotangent, kLanes atoms in the lanes.
+// - ApaxContractions / ApaxContractionsVjp: one cotangent, kLanes atoms in the lanes;
+// - ApaxContractionsVjpVjp: the VJP's own VJP (training on forces), the same code in Dual
+//   numbers (kLanes atoms and their tangents).
 //
 // The member kernel takes the moments as (N, S, 40): [m0, m1 (3), m2 (9), m3 (27)] (full,
 // symmetric tensors); the single-cotangent ones take the 20 distinct sums (..., S, 20).
@@ -17,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -45,8 +48,24 @@ inline V& operator+=(V& a, const V& b) {
   for (int l = 0; l < kLanes; ++l) a.v[l] += b.v[l];
   return a;
 }
+inline V operator+(V a, const V& b) { return a += b; }
 inline float lane(float x, int) { return x; }
 inline float lane(const V& x, int l) { return x.v[l]; }
+
+// A block of atoms and its tangent along a direction of the sums (forward mode), for the
+// second-order kernel: the same partner and feature code then also yields their derivatives.
+struct Dual {
+  V v, t;
+};
+inline Dual operator*(const Dual& a, const Dual& b) { return {a.v * b.v, a.v * b.t + a.t * b.v}; }
+inline Dual& operator+=(Dual& a, const Dual& b) {
+  a.v += b.v;
+  a.t += b.t;
+  return a;
+}
+// What a VJP accumulates from a Dual partner: its tangent, so that the accumulated cotangent
+// is the VJP's derivative along the tangent (a Hessian-vector product).
+inline float lane(const Dual& x, int l) { return x.t.v[l]; }
 
 // Representative full component of each distinct rank-2 and rank-3 monomial.
 constexpr int kRep2[6] = {0, 1, 2, 4, 5, 8};
@@ -136,7 +155,8 @@ struct Accumulator {
 };
 
 // The VJP of one atom (T = float: B members in the lanes) or of a block of atoms (T = V: one
-// cotangent per atom, B = kLanes): d (F, B) -> acc.g (S, 20, B).
+// cotangent per atom, B = kLanes): d (F, B) -> acc.g (S, 20, B). With T = Dual, acc.g is
+// instead the VJP's derivative along the moments' tangent (the linear group adds nothing).
 template <class T>
 void vjp(const Moments<T>& m, const float* d, Partners<T>& p, Accumulator& acc, int n_contr) {
   const int S = p.S, B = acc.B;
@@ -145,7 +165,8 @@ void vjp(const Moments<T>& m, const float* d, Partners<T>& p, Accumulator& acc, 
   T m1[3];
   int f = 0;
   auto row = [&](int feature) { return d + feature * B; };
-  for (int r = 0; r < S; ++r, ++f) axpy(acc.at(r, 0), row(f), 1.f, B);
+  for (int r = 0; r < S; ++r, ++f)
+    if (!std::is_same_v<T, Dual>) axpy(acc.at(r, 0), row(f), 1.f, B);
   for (int group = 1; group < std::min(n_contr, 4); ++group)
     for (int r = 0; r < S; ++r)
       for (int s = r; s < S; ++s, ++f) {
@@ -345,6 +366,13 @@ ffi::Error Forward(ffi::Buffer<ffi::F32> moments, ffi::ResultBuffer<ffi::F32> ou
   return ffi::Error::Success();
 }
 
+// The cotangents (A, F) of a block's atoms in the lanes: dt (F, kLanes).
+void load_cotangents(const float* d, int64_t lo, int64_t hi, int F, std::vector<float>& dt) {
+  dt.assign(static_cast<size_t>(F) * kLanes, 0.f);
+  for (int64_t n = lo; n < hi; ++n)
+    for (int i = 0; i < F; ++i) dt[i * kLanes + (n - lo)] = d[n * F + i];
+}
+
 ffi::Error Vjp(ffi::Buffer<ffi::F32> moments, ffi::Buffer<ffi::F32> d,
                ffi::ResultBuffer<ffi::F32> out, int64_t n_contr, int64_t n_threads) {
   const auto md = moments.dimensions();
@@ -362,15 +390,59 @@ ffi::Error Vjp(ffi::Buffer<ffi::F32> moments, ffi::Buffer<ffi::F32> d,
     thread_local std::vector<Partners<V>> p;
     thread_local std::vector<Accumulator> acc;
     m.resize(S * 40);
-    dt.assign(static_cast<size_t>(F) * kLanes, 0.f);
     if (p.empty() || p[0].S != S) p.assign(1, Partners<V>(S));
     if (acc.empty() || acc[0].S != S) acc.assign(1, Accumulator(S, kLanes));
     load_block(mp, lo, hi, S, m);
-    for (int64_t n = lo; n < hi; ++n)
-      for (int i = 0; i < F; ++i) dt[i * kLanes + (n - lo)] = dp[n * F + i];
+    load_cotangents(dp, lo, hi, F, dt);
     vjp(Moments<V>{m.data()}, dt.data(), p[0], acc[0], static_cast<int>(n_contr));
     for (int64_t n = lo; n < hi; ++n)
       for (int i = 0; i < S * 20; ++i) op[n * S * 20 + i] = acc[0].g[i * kLanes + (n - lo)];
+  });
+  return ffi::Error::Success();
+}
+
+// The VJP of Vjp at (sums, d) for a cotangent g of its result (the sums' shape): the sums'
+// part, the Hessian of <d, features> times g, and d's part, the features' JVP along g. One
+// pass of the VJP and feature code in Dual numbers (value, derivative along g).
+ffi::Error SecondOrder(ffi::Buffer<ffi::F32> moments, ffi::Buffer<ffi::F32> d,
+                       ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> d_sums,
+                       ffi::ResultBuffer<ffi::F32> d_d, int64_t n_contr, int64_t n_threads) {
+  const auto md = moments.dimensions();
+  const auto dd = d.dimensions();
+  if (md.size() < 2 || md.back() != 20 || leading(dd, 1) != leading(md, 2) ||
+      g.dimensions().size() != md.size() || leading(g.dimensions(), 0) != leading(md, 0))
+    return ffi::Error::InvalidArgument(
+        "contractions_vjp_vjp: moment sums and g (..., S, 20), d (..., F)");
+  const int64_t A = leading(md, 2);
+  const int S = static_cast<int>(md[md.size() - 2]), F = static_cast<int>(dd.back());
+  const float* mp = moments.typed_data();
+  const float* dp = d.typed_data();
+  const float* gp = g.typed_data();
+  float* sp = d_sums->typed_data();
+  float* fp = d_d->typed_data();
+  blocks(A, n_threads, [=](int64_t lo, int64_t hi) {
+    thread_local std::vector<V> value, tangent;
+    thread_local std::vector<Dual> m, f;
+    thread_local std::vector<float> dt;
+    thread_local std::vector<Partners<Dual>> p;
+    thread_local std::vector<Accumulator> acc;
+    value.resize(S * 40);
+    tangent.resize(S * 40);
+    m.resize(S * 40);
+    f.resize(F);
+    if (p.empty() || p[0].S != S) p.assign(1, Partners<Dual>(S));
+    if (acc.empty() || acc[0].S != S) acc.assign(1, Accumulator(S, kLanes));
+    load_block(mp, lo, hi, S, value);
+    load_block(gp, lo, hi, S, tangent);
+    for (int i = 0; i < S * 40; ++i) m[i] = Dual{value[i], tangent[i]};
+    load_cotangents(dp, lo, hi, F, dt);
+    Moments<Dual> mm{m.data()};
+    vjp(mm, dt.data(), p[0], acc[0], static_cast<int>(n_contr));  // forms the partners
+    features(mm, p[0], static_cast<int>(n_contr), f.data());
+    for (int64_t n = lo; n < hi; ++n) {
+      for (int i = 0; i < S * 20; ++i) sp[n * S * 20 + i] = acc[0].g[i * kLanes + (n - lo)];
+      for (int i = 0; i < F; ++i) fp[n * F + i] = f[i].t.v[n - lo];
+    }
   });
   return ffi::Error::Success();
 }
@@ -396,3 +468,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractions, Forward,
                                   .Attr<int64_t>("n_threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsVjp, Vjp, APAX_TWO_INPUTS);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsVjpVjp, SecondOrder,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("n_contr")
+                                  .Attr<int64_t>("n_threads"));
