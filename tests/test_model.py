@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
+
 import numpy as np
 import pytest
 from ase import Atoms
@@ -406,6 +409,32 @@ def test_float32_sin_cos_match_float64_and_differentiate_to_each_other():
             np.testing.assert_allclose(got, want, rtol=0, atol=3e-7)
         x = jnp.linspace(-3.0, 3.0, 7)  # float64 keeps XLA's functions
         np.testing.assert_array_equal(sin_cos(x), jnp.sin(x))
+
+
+def test_basis_slope_equals_the_derivative_of_the_basis():
+    """gmnn.weighted_basis_and_slope (the basis and the cutoff from one sine-cosine pass)
+    against the plain weighted basis and its JAX derivative, both bases, float64 and float32,
+    over distances from near zero to beyond r_max, padded slots zero."""
+    import jax
+    import jax.numpy as jnp
+
+    from apax_core.config import GMNNConfig
+    from apax_core.model.gmnn import _weighted_basis, weighted_basis_and_slope
+    from apax_core.precision import x64
+
+    with x64():
+        for basis, dtype in itertools.product(("bessel", "gaussian"), (jnp.float64, jnp.float32)):
+            config = GMNNConfig(basis=basis, n_basis=7, r_max=5.0)
+            r = jnp.linspace(0.05, 5.5, 2000, dtype=dtype).reshape(100, 20)
+            mask = jnp.arange(20) < 17
+            plain = functools.partial(_weighted_basis, pair_mask=mask, config=config)
+            want, want_slope = jax.jvp(plain, (r,), (jnp.ones_like(r),))
+            got, slope = weighted_basis_and_slope(r, mask, config)
+            tol = 1e-12 if dtype == jnp.float64 else 2e-6
+            for a, b in ((got, want), (slope, want_slope)):
+                assert a.dtype == dtype
+                np.testing.assert_allclose(a, b, rtol=0, atol=tol * float(jnp.max(jnp.abs(b))))
+            assert not np.any(np.asarray(got[:, 17:])) and not np.any(np.asarray(slope[:, 17:]))
 
 
 def test_radial_channels_vjp_equals_autodiff_of_the_plain_contraction():

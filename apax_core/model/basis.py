@@ -78,10 +78,29 @@ def sin_cos(y, cos: bool = False):
     return _cos32(y) if cos else _sin32(y)
 
 
+def sines_and_cosines(y):
+    """(sin(y), cos(y)) elementwise from one range reduction (float32; as :func:`sin_cos`,
+    jnp.sin and jnp.cos in float64), materialised: XLA would otherwise recompute them inside
+    every consumer's loop, e.g. twice per basis function and again per transposed output."""
+    if y.dtype != jnp.float32:
+        return jnp.sin(y), jnp.cos(y)
+    z, z2, sign = _reduced(y)
+    return jax.lax.optimization_barrier((sign * z * _horner(z2, _SIN), sign * _horner(z2, _COS)))
+
+
 def cosine_cutoff(r, r_max):
     """0.5 (cos(pi r / r_max) + 1) inside r_max, 0 outside: continuous with a continuous slope.
     r: (...) distances -> (...)."""
     return jnp.where(r < r_max, 0.5 * (sin_cos(jnp.pi * r / r_max, cos=True) + 1.0), 0.0)
+
+
+def cosine_cutoff_and_slope(r, r_max):
+    """:func:`cosine_cutoff` and its derivative by r, (...) -> two (...) arrays."""
+    s, c = sines_and_cosines((np.pi / r_max) * r)
+    inside = r < r_max
+    return jnp.where(inside, 0.5 * (c + 1.0), 0.0), jnp.where(
+        inside, (-0.5 * np.pi / r_max) * s, 0.0
+    )
 
 
 def gaussian_basis(r, n_basis: int, r_min: float, r_max: float):
@@ -104,8 +123,16 @@ def bessel_basis(r, n_basis: int, r_max: float):
     are shared by neighbouring functions (:func:`sin_cos`); r > 0 (pair distances and the
     padding's sqrt(3), see :func:`masked_pairs`).
     """
+    prefactor = _bessel_prefactor(n_basis, r_max, r.dtype)
+    k = np.arange(1, n_basis + 2).astype(r.dtype)
+    theta = (np.pi / r_max) * r[..., None]
+    sinc = sin_cos(theta * k) / (theta * k)  # sinc(k r / r_max), k = 1 .. n_basis + 1
+    return prefactor * (sinc[..., :-1] + sinc[..., 1:])
+
+
+def _bessel_prefactor(n_basis: int, r_max: float, dtype):
     n = np.arange(n_basis)
-    prefactor = (
+    return (
         (-1.0) ** n
         * np.sqrt(2.0)
         * np.pi
@@ -113,8 +140,18 @@ def bessel_basis(r, n_basis: int, r_max: float):
         * (n + 1)
         * (n + 2)
         / np.sqrt((n + 1) ** 2 + (n + 2) ** 2)
-    ).astype(r.dtype)
+    ).astype(dtype)
+
+
+def bessel_basis_and_slope(r, n_basis: int, r_max: float):
+    """:func:`bessel_basis` and its derivative by r, two (..., n_basis) arrays, from one
+    evaluation of the n_basis + 1 sines and cosines: with x = k pi r / r_max,
+    d sinc / dr = (cos x - sin x / x) / r."""
     k = np.arange(1, n_basis + 2).astype(r.dtype)
-    theta = (np.pi / r_max) * r[..., None]
-    sinc = sin_cos(theta * k) / (theta * k)  # sinc(k r / r_max), k = 1 .. n_basis + 1
-    return prefactor * (sinc[..., :-1] + sinc[..., 1:])
+    x = ((np.pi / r_max) * r)[..., None] * k
+    s, c = sines_and_cosines(x)
+    sinc = s / x
+    dsinc = (c - sinc) / r[..., None]
+    prefactor = _bessel_prefactor(n_basis, r_max, r.dtype)
+    pairs = lambda a: prefactor * (a[..., :-1] + a[..., 1:])  # noqa: E731
+    return pairs(sinc), pairs(dsinc)

@@ -10,6 +10,7 @@ Shapes: N atoms, K neighbour slots per atom, S radial channels, Q basis function
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import flax.linen as nn
@@ -19,7 +20,14 @@ import numpy as np
 
 from apax_core import native
 from apax_core.config import GMNNConfig
-from apax_core.model.basis import bessel_basis, cosine_cutoff, gaussian_basis, masked_pairs
+from apax_core.model.basis import (
+    bessel_basis,
+    bessel_basis_and_slope,
+    cosine_cutoff,
+    cosine_cutoff_and_slope,
+    gaussian_basis,
+    masked_pairs,
+)
 
 
 def radial_basis(r, config: GMNNConfig):
@@ -332,6 +340,28 @@ def _weighted_basis(r, pair_mask, config: GMNNConfig):
     return radial_basis(r, config) * weight[..., None]
 
 
+def _basis_and_slope(r, config: GMNNConfig):
+    """:func:`radial_basis` and its derivative by r, two (N, K, Q) arrays."""
+    if config.basis == "gaussian":
+        basis = radial_basis(r, config)
+        centres = (
+            config.r_min
+            + (config.r_max - config.r_min) * np.arange(config.n_basis) / config.n_basis
+        )
+        beta = (config.n_basis / config.r_max) ** 2
+        return basis, basis * (-2.0 * beta) * (r[..., None] - centres.astype(r.dtype))
+    return bessel_basis_and_slope(r, config.n_basis, config.r_max)
+
+
+def weighted_basis_and_slope(r, pair_mask, config: GMNNConfig):
+    """:func:`_weighted_basis` and its derivative by r, (N, K) -> two (N, K, Q) arrays, from
+    one evaluation of the basis' sines and cosines (and of the cutoff's)."""
+    basis, d_basis = _basis_and_slope(r, config)
+    weight, d_weight = cosine_cutoff_and_slope(r, config.r_max)
+    weight, d_weight = (w[..., None] * pair_mask[..., None] for w in (weight, d_weight))
+    return basis * weight, d_basis * weight + basis * d_weight
+
+
 def _contract(basis, onehot, neighbour_onehot, coeffs):
     """R[n, k, s] = sum_q c[Z_n, Z_j, s, q] basis[n, k, q]: pick Z_j, contract q, pick Z_n."""
     per_j = jnp.einsum("nkb,nkq,absq->nkas", neighbour_onehot, basis, coeffs)
@@ -344,13 +374,13 @@ def _radial(r, coeffs, onehot, neighbour_onehot, pair_mask, config: GMNNConfig):
 
 
 def radial_and_slope(r, onehot, neighbour_onehot, coeffs, pair_mask, config: GMNNConfig):
-    """The radial channels (N, K, S) and their derivative d R / d r (N, K, S), from one
-    forward-mode pass (the basis' sines and their cosines share one evaluation)."""
-
-    def radial_of(r):
-        return _radial(r, coeffs, onehot, neighbour_onehot, pair_mask, config)
-
-    return jax.jvp(radial_of, (r,), (jnp.ones_like(r),))
+    """The radial channels (N, K, S), their derivative d R / d r (N, K, S) and the weighted
+    basis (N, K, Q) they contract, from one evaluation of the basis and its slope."""
+    basis, slope = weighted_basis_and_slope(r, pair_mask, config)
+    contract = functools.partial(
+        _contract, onehot=onehot, neighbour_onehot=neighbour_onehot, coeffs=coeffs
+    )
+    return contract(basis), contract(slope), basis
 
 
 def radial_channels(r, onehot, neighbour_onehot, coeffs, pair_mask, config: GMNNConfig):
@@ -371,8 +401,9 @@ def radial_channels(r, onehot, neighbour_onehot, coeffs, pair_mask, config: GMNN
         return _radial(r, coeffs, onehot, neighbour_onehot, pair_mask, config)
 
     def fwd(r, coeffs, onehot, neighbour_onehot, pair_mask):
-        radial, slope = radial_and_slope(r, onehot, neighbour_onehot, coeffs, pair_mask, config)
-        basis = _weighted_basis(r, pair_mask, config)
+        radial, slope, basis = radial_and_slope(
+            r, onehot, neighbour_onehot, coeffs, pair_mask, config
+        )
         return radial, (slope, basis, coeffs, onehot, neighbour_onehot)
 
     def bwd(residuals, g):

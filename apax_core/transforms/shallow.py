@@ -15,7 +15,7 @@ once and the M cotangents travel together:
 - moments: :func:`apax_core.model.gmnn.monomials_pullback`, the members folded into the
   columns of its two per-atom GEMMs, so pair intermediates are (N, K, M, S) and (N, K, M, 3),
   never (N, K, S, 20) per member;
-- radial channels and unit vectors: dR/dr from one forward-mode pass (``radial_and_slope``)
+- radial channels and unit vectors: dR/dr from the basis slope (``radial_and_slope``)
   and the unit vectors, shared by all members;
 - positions and strain: one scatter (M * 3 columns) and one contraction for all members.
 
@@ -106,7 +106,7 @@ def _forward(model, params, s: Batch) -> tuple[jax.Array, Trunk]:
     dr_vec = pair_vectors(s.positions, s.offsets, s.idx_j, zero_strain())
     dr, r = masked_pairs(dr_vec, s.pair_mask, dtype)
     unit = dr / r[..., None]
-    radial, d_radial_dr = radial_and_slope(r, onehot, neighbour_onehot, coeffs, s.pair_mask, cfg)
+    radial, d_radial_dr, _ = radial_and_slope(r, onehot, neighbour_onehot, coeffs, s.pair_mask, cfg)
     features, m = features_and_moments(radial, unit, cfg.n_contr)
 
     readout = Readout(cfg.hidden, cfg.activation, cfg.n_members, dtype)
