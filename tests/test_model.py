@@ -412,14 +412,15 @@ def test_float32_sin_cos_match_float64_and_differentiate_to_each_other():
 
 
 def test_basis_slope_equals_the_derivative_of_the_basis():
-    """gmnn.weighted_basis_and_slope (the basis and the cutoff from one sine-cosine pass)
-    against the plain weighted basis and its JAX derivative, both bases, float64 and float32,
-    over distances from near zero to beyond r_max, padded slots zero."""
+    """gmnn.weighted_basis_and_slope against the plain weighted basis and its JAX derivative:
+    both bases, float64 and float32, and for a float32 Bessel basis both the compiled kernel
+    (which must be the one taken) and XLA's version, over distances from near zero to beyond
+    r_max, padded slots zero; the kernel's own derivative (through XLA's) is the slope."""
     import jax
     import jax.numpy as jnp
 
     from apax_core.config import GMNNConfig
-    from apax_core.model.gmnn import _weighted_basis, weighted_basis_and_slope
+    from apax_core.model import gmnn
     from apax_core.precision import x64
 
     with x64():
@@ -427,14 +428,28 @@ def test_basis_slope_equals_the_derivative_of_the_basis():
             config = GMNNConfig(basis=basis, n_basis=7, r_max=5.0)
             r = jnp.linspace(0.05, 5.5, 2000, dtype=dtype).reshape(100, 20)
             mask = jnp.arange(20) < 17
-            plain = functools.partial(_weighted_basis, pair_mask=mask, config=config)
-            want, want_slope = jax.jvp(plain, (r,), (jnp.ones_like(r),))
-            got, slope = weighted_basis_and_slope(r, mask, config)
+            plain = functools.partial(gmnn._weighted_basis, pair_mask=mask, config=config)
+            want = jax.jvp(plain, (r,), (jnp.ones_like(r),))
+            paths = {"taken": functools.partial(gmnn.weighted_basis_and_slope, config=config)}
+            if basis == "bessel" and dtype == jnp.float32:
+                paths["xla"] = lambda r, m: gmnn.xla_bessel_basis_and_slope(r, m, 7, 5.0)
+                hlo = jax.jit(paths["taken"]).lower(r, mask).as_text()
+                assert "apax_bessel_basis" in hlo
+                value = functools.partial(gmnn.weighted_basis_and_slope, pair_mask=mask)
+                derivative = jax.jvp(
+                    lambda r, v=value, c=config: v(r, config=c)[0], (r,), (jnp.ones_like(r),)
+                )[1]
+                atol = 2e-6 * float(jnp.max(jnp.abs(want[1])))
+                np.testing.assert_allclose(derivative, want[1], rtol=0, atol=atol)
             tol = 1e-12 if dtype == jnp.float64 else 2e-6
-            for a, b in ((got, want), (slope, want_slope)):
-                assert a.dtype == dtype
-                np.testing.assert_allclose(a, b, rtol=0, atol=tol * float(jnp.max(jnp.abs(b))))
-            assert not np.any(np.asarray(got[:, 17:])) and not np.any(np.asarray(slope[:, 17:]))
+            for path in paths.values():
+                got = path(r, mask)
+                for a, b in zip(got, want, strict=True):
+                    assert a.dtype == dtype
+                    atol = tol * float(jnp.max(jnp.abs(b)))
+                    np.testing.assert_allclose(a, b, rtol=0, atol=atol)
+                assert not np.any(np.asarray(got[0][:, 17:]))
+                assert not np.any(np.asarray(got[1][:, 17:]))
 
 
 def test_radial_channels_vjp_equals_autodiff_of_the_plain_contraction():

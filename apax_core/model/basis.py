@@ -79,13 +79,12 @@ def sin_cos(y, cos: bool = False):
 
 
 def sines_and_cosines(y):
-    """(sin(y), cos(y)) elementwise from one range reduction (float32; as :func:`sin_cos`,
-    jnp.sin and jnp.cos in float64), materialised: XLA would otherwise recompute them inside
-    every consumer's loop, e.g. twice per basis function and again per transposed output."""
+    """(sin(y), cos(y)) elementwise from one range reduction (float32, as :func:`sin_cos`);
+    jnp.sin and jnp.cos in float64."""
     if y.dtype != jnp.float32:
         return jnp.sin(y), jnp.cos(y)
     z, z2, sign = _reduced(y)
-    return jax.lax.optimization_barrier((sign * z * _horner(z2, _SIN), sign * _horner(z2, _COS)))
+    return sign * z * _horner(z2, _SIN), sign * _horner(z2, _COS)
 
 
 def cosine_cutoff(r, r_max):

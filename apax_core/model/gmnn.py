@@ -340,24 +340,38 @@ def _weighted_basis(r, pair_mask, config: GMNNConfig):
     return radial_basis(r, config) * weight[..., None]
 
 
-def _basis_and_slope(r, config: GMNNConfig):
-    """:func:`radial_basis` and its derivative by r, two (N, K, Q) arrays."""
-    if config.basis == "gaussian":
-        basis = radial_basis(r, config)
-        centres = (
-            config.r_min
-            + (config.r_max - config.r_min) * np.arange(config.n_basis) / config.n_basis
-        )
-        beta = (config.n_basis / config.r_max) ** 2
-        return basis, basis * (-2.0 * beta) * (r[..., None] - centres.astype(r.dtype))
-    return bessel_basis_and_slope(r, config.n_basis, config.r_max)
+def _gaussian_basis_and_slope(r, config: GMNNConfig):
+    """The Gaussian :func:`radial_basis` and its derivative by r, two (N, K, Q) arrays."""
+    basis = radial_basis(r, config)
+    step = (config.r_max - config.r_min) / config.n_basis
+    centres = (config.r_min + step * np.arange(config.n_basis)).astype(r.dtype)
+    beta = (config.n_basis / config.r_max) ** 2
+    return basis, basis * (-2.0 * beta) * (r[..., None] - centres)
 
 
 def weighted_basis_and_slope(r, pair_mask, config: GMNNConfig):
-    """:func:`_weighted_basis` and its derivative by r, (N, K) -> two (N, K, Q) arrays, from
-    one evaluation of the basis' sines and cosines (and of the cutoff's)."""
-    basis, d_basis = _basis_and_slope(r, config)
-    weight, d_weight = cosine_cutoff_and_slope(r, config.r_max)
+    """:func:`_weighted_basis` and its derivative by r, (N, K) -> two (N, K, Q) arrays: a
+    Bessel basis in float32 on a CPU by the compiled kernel
+    (:func:`apax_core.native.bessel_basis_and_slope`: XLA recomputes the basis' polynomials
+    inside each of its consumers), else from one evaluation of the sines and cosines."""
+    if config.basis == "bessel" and native.applies(r.dtype):
+        mask = jnp.broadcast_to(pair_mask, r.shape).astype(r.dtype)
+        return native.bessel_basis_and_slope(r, mask, config.n_basis, config.r_max)
+    if config.basis == "bessel":
+        return xla_bessel_basis_and_slope(r, pair_mask, config.n_basis, config.r_max)
+    basis, d_basis = _gaussian_basis_and_slope(r, config)
+    return _weighted(basis, d_basis, r, pair_mask, config.r_max)
+
+
+def xla_bessel_basis_and_slope(r, pair_mask, n_basis: int, r_max: float):
+    """The weighted Bessel basis and its slope by XLA (see :func:`weighted_basis_and_slope`)."""
+    basis, d_basis = bessel_basis_and_slope(r, n_basis, r_max)
+    return _weighted(basis, d_basis, r, pair_mask, r_max)
+
+
+def _weighted(basis, d_basis, r, pair_mask, r_max: float):
+    """basis * w * mask and its derivative by r, w the cosine cutoff."""
+    weight, d_weight = cosine_cutoff_and_slope(r, r_max)
     weight, d_weight = (w[..., None] * pair_mask[..., None] for w in (weight, d_weight))
     return basis * weight, d_basis * weight + basis * d_weight
 

@@ -4,8 +4,9 @@ XLA's CPU backend runs the GMNN contractions (eight groups of invariants of a fe
 flops per atom) and their VJPs as dozens of small batched ops whose index shuffling
 dominates; the same arithmetic as one loop over the atoms (``gmnn_contractions.cc``) is
 several times faster: :func:`contractions`, :func:`contractions_vjp` (every float32 GMNN on
-a CPU: MD, predictions, training) and :func:`contractions_vjp_vjp` (training on forces), and
-:func:`contractions_pullback` (a shallow ensemble's member forces).
+a CPU: MD, predictions, training) and :func:`contractions_vjp_vjp` (training on forces),
+:func:`contractions_pullback` (a shallow ensemble's member forces) and the Bessel basis with
+its slope (:func:`bessel_basis_and_slope`).
 
 The source is compiled on first use with the system's C++ compiler against the XLA FFI
 headers that jaxlib ships, into ``$XDG_CACHE_HOME/apax_core/native`` (else
@@ -42,6 +43,7 @@ TARGETS = {
     "apax_contractions": "ApaxContractions",
     "apax_contractions_vjp": "ApaxContractionsVjp",
     "apax_contractions_vjp_vjp": "ApaxContractionsVjpVjp",
+    "apax_bessel_basis": "ApaxBesselBasis",
 }
 """FFI target name -> the handler symbol in the library."""
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
@@ -246,3 +248,26 @@ def _vjp_vjp_bwd(n_contr, residuals, cotangents):
 
 
 contractions_vjp_vjp.defvjp(_vjp_vjp_fwd, _vjp_vjp_bwd)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def bessel_basis_and_slope(r, mask, n_basis: int, r_max: float):
+    """As :func:`apax_core.model.gmnn.weighted_basis_and_slope` for a Bessel basis: the
+    weighted basis and its derivative by r, (..., n_basis) each, from distances r (...) and a
+    float mask (...), by the compiled kernel (float32, a CPU: callers check :func:`applies`).
+    Differentiable through the XLA version."""
+    out = jax.ShapeDtypeStruct((*r.shape, n_basis), jnp.float32)
+    call = jax.ffi.ffi_call("apax_bessel_basis", (out, out), vmap_method="broadcast_all")
+    n_threads = np.int64(os.cpu_count() or 1)
+    return call(r, mask, n_basis=np.int64(n_basis), r_max=np.float64(r_max), n_threads=n_threads)
+
+
+@bessel_basis_and_slope.defjvp
+def _bessel_jvp(n_basis, r_max, primals, tangents):
+    from apax_core.model.gmnn import xla_bessel_basis_and_slope
+
+    return jax.jvp(
+        functools.partial(xla_bessel_basis_and_slope, n_basis=n_basis, r_max=r_max),
+        primals,
+        tangents,
+    )

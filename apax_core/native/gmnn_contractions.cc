@@ -17,6 +17,7 @@
 // symmetric tensors); the single-cotangent ones take the 20 distinct sums (..., S, 20).
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <thread>
 #include <type_traits>
@@ -447,6 +448,102 @@ ffi::Error SecondOrder(ffi::Buffer<ffi::F32> moments, ffi::Buffer<ffi::F32> d,
   return ffi::Error::Success();
 }
 
+// ------------------------------------------------------------------------------------------
+// The GMNN's weighted Bessel basis and its slope (apax_core.model.gmnn.weighted_basis_and_slope)
+// per pair, kLanes pairs in the lanes, in double: sin and cos of theta = pi r / r_max by
+// polynomials of theta - pi / 2 (theta in [0, pi] where the cutoff is nonzero), those of
+// k theta by the angle-addition recurrence. XLA recomputes its version's polynomials inside
+// every consumer of the basis (twice per function, once more per transposed output).
+
+// sin(z) and cos(z) for |z| <= pi / 2 by Taylor polynomials of degree 19 and 18 in nested
+// form, sin z = z (1 - z^2 / (2 3) (1 - z^2 / (4 5) (...))) (|error| < 1e-13).
+inline void sin_cos_small(double z, double& s, double& c) {
+  const double z2 = z * z;
+  double hs = 1.0, hc = 1.0;
+  for (int j = 9; j >= 1; --j) {
+    hs = 1.0 - z2 * hs * (1.0 / ((2.0 * j) * (2.0 * j + 1.0)));
+    hc = 1.0 - z2 * hc * (1.0 / ((2.0 * j - 1.0) * (2.0 * j)));
+  }
+  s = z * hs;
+  c = hc;
+}
+
+// The prefactors of apax_core.model.basis.bessel_basis, (-1)^n sqrt(2) pi / r_max^1.5
+// (n + 1)(n + 2) / sqrt((n + 1)^2 + (n + 2)^2).
+std::vector<double> bessel_prefactors(int Q, double r_max) {
+  std::vector<double> out(Q);
+  for (int n = 0; n < Q; ++n)
+    out[n] = (n % 2 ? -1.0 : 1.0) * std::sqrt(2.0) * M_PI / std::pow(r_max, 1.5) * (n + 1) *
+             (n + 2) / std::sqrt((n + 1.0) * (n + 1.0) + (n + 2.0) * (n + 2.0));
+  return out;
+}
+
+void bessel_block(const float* r, const float* mask, int n, int Q, double r_max,
+                  const double* prefactor, float* basis, float* slope) {
+  double s[kLanes], c[kLanes], s1[kLanes], c1[kLanes], inv_theta[kLanes], inv_r[kLanes];
+  double sinc[kLanes], dsinc[kLanes], w[kLanes], dw[kLanes];
+  for (int l = 0; l < kLanes; ++l) {
+    const double rl = l < n ? r[l] : r_max, m = l < n ? mask[l] : 0.0;
+    const double inside = (rl < r_max && rl > 0.0) ? m : 0.0;
+    const double theta = M_PI * std::min(std::max(rl, 1e-6), r_max) / r_max;
+    double sz, cz;
+    sin_cos_small(theta - 0.5 * M_PI, sz, cz);
+    s1[l] = cz;   // sin(theta) = cos(theta - pi/2)
+    c1[l] = -sz;  // cos(theta) = -sin(theta - pi/2)
+    s[l] = s1[l];
+    c[l] = c1[l];
+    inv_theta[l] = 1.0 / theta;
+    inv_r[l] = 1.0 / std::max(rl, 1e-6);
+    sinc[l] = s[l] * inv_theta[l];
+    dsinc[l] = (c[l] - sinc[l]) * inv_r[l];
+    w[l] = inside * 0.5 * (c1[l] + 1.0);
+    dw[l] = inside * (-0.5 * M_PI / r_max) * s1[l];
+  }
+  for (int q = 0; q < Q; ++q) {
+    const double inv_k = 1.0 / (q + 2);
+    for (int l = 0; l < kLanes; ++l) {
+      const double s_next = s[l] * c1[l] + c[l] * s1[l];
+      c[l] = c[l] * c1[l] - s[l] * s1[l];
+      s[l] = s_next;
+      const double sinc_k = s[l] * inv_theta[l] * inv_k;
+      const double dsinc_k = (c[l] - sinc_k) * inv_r[l];
+      const double g = prefactor[q] * (sinc[l] + sinc_k);
+      const double dg = prefactor[q] * (dsinc[l] + dsinc_k);
+      if (l < n) {
+        basis[l * Q + q] = static_cast<float>(g * w[l]);
+        slope[l * Q + q] = static_cast<float>(dg * w[l] + g * dw[l]);
+      }
+      sinc[l] = sinc_k;
+      dsinc[l] = dsinc_k;
+    }
+  }
+}
+
+ffi::Error BesselBasis(ffi::Buffer<ffi::F32> r, ffi::Buffer<ffi::F32> mask,
+                       ffi::ResultBuffer<ffi::F32> basis, ffi::ResultBuffer<ffi::F32> slope,
+                       int64_t n_basis, double r_max, int64_t n_threads) {
+  const int64_t P = static_cast<int64_t>(r.element_count());
+  const int Q = static_cast<int>(n_basis);
+  if (static_cast<int64_t>(mask.element_count()) != P ||
+      static_cast<int64_t>(basis->element_count()) != P * Q)
+    return ffi::Error::InvalidArgument("bessel_basis: r and mask (...), outputs (..., n_basis)");
+  const float* rp = r.typed_data();
+  const float* mp = mask.typed_data();
+  const std::vector<double> prefactors = bessel_prefactors(Q, r_max);
+  const double* pp = prefactors.data();
+  float* bp = basis->typed_data();
+  float* sp = slope->typed_data();
+  const int64_t n_blocks = (P + kLanes - 1) / kLanes;
+  parallel(n_blocks, n_threads, 64, [=](int64_t lo, int64_t hi) {
+    for (int64_t blk = lo; blk < hi; ++blk) {
+      const int64_t p = blk * kLanes;
+      const int n = static_cast<int>(std::min<int64_t>(kLanes, P - p));
+      bessel_block(rp + p, mp + p, n, Q, r_max, pp, bp + p * Q, sp + p * Q);
+    }
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // (moments, cotangents) -> result, with the group count and the threads as attributes.
@@ -477,4 +574,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsVjpVjp, SecondOrder,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("n_contr")
+                                  .Attr<int64_t>("n_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxBesselBasis, BesselBasis,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("n_basis")
+                                  .Attr<double>("r_max")
                                   .Attr<int64_t>("n_threads"));
