@@ -40,6 +40,7 @@ constexpr int kLanes = 8;
 struct V {
   float v[kLanes];
 };
+typedef float Vec __attribute__((vector_size(kLanes * sizeof(float))));
 inline V operator*(const V& a, const V& b) {
   V r;
   for (int l = 0; l < kLanes; ++l) r.v[l] = a.v[l] * b.v[l];
@@ -145,12 +146,24 @@ struct Accumulator {
   std::vector<float> g;  // (S, 20, B)
   Accumulator(int S, int B) : S(S), B(B), g(S * 20 * B) {}
   float* at(int s, int c) { return g.data() + (s * 20 + c) * B; }
-  // g[q][off + c][b] += d[b] * partner[c] (lane b of it), c < n
+  // g[q][off + c][b] += d[b] * partner[c] (lane b of it), c < n; B is a multiple of kLanes
+  // (the member kernel pads its cotangents), and kLanes floats make one vector register.
   template <class T>
   void add(int q, int off, const float* d, const T* partner, int n) {
-    for (int c = 0; c < n; ++c) {
-      float* a = at(q, off + c);
-      for (int b = 0; b < B; ++b) a[b] += d[b] * lane(partner[c], b);
+    for (int b = 0; b < B; b += kLanes) {
+      Vec dv;
+      __builtin_memcpy(&dv, d + b, sizeof dv);
+      float* a = at(q, off) + b;
+      for (int c = 0; c < n; ++c, a += B) {
+        Vec av, pv;
+        __builtin_memcpy(&av, a, sizeof av);
+        if constexpr (std::is_same_v<T, float>)
+          pv = Vec{} + partner[c];
+        else
+          for (int l = 0; l < kLanes; ++l) pv[l] = lane(partner[c], b + l);
+        av += dv * pv;
+        __builtin_memcpy(a, &av, sizeof av);
+      }
     }
   }
 };
@@ -268,17 +281,21 @@ void features(const Moments<T>& m, const Partners<T>& p, int n_contr, T* out) {
 
 void atom_range(const float* moments, const float* d, float* out, int64_t lo, int64_t hi,
                 int64_t N, int S, int B, int F, int n_contr) {
+  const int Bp = (B + kLanes - 1) / kLanes * kLanes;  // members padded to whole lanes
   Partners<float> p(S);
-  Accumulator acc(S, B);
-  std::vector<float> dt(static_cast<size_t>(F) * B);  // this atom's cotangents, (F, B)
+  Accumulator acc(S, Bp);
+  std::vector<float> dt(static_cast<size_t>(F) * Bp);  // this atom's cotangents, (F, Bp)
   for (int64_t n = lo; n < hi; ++n) {
     for (int b = 0; b < B; ++b)
-      for (int f = 0; f < F; ++f) dt[f * B + b] = d[(b * N + n) * F + f];
+      for (int f = 0; f < F; ++f) dt[f * Bp + b] = d[(b * N + n) * F + f];
+    if (n + 1 < hi)  // the next atom's cotangents, B rows of F, on their way from memory
+      for (int b = 0; b < B; ++b)
+        for (int f = 0; f < F; f += 16) __builtin_prefetch(d + (b * N + n + 1) * F + f);
     vjp(Moments<float>{moments + n * S * 40}, dt.data(), p, acc, n_contr);
     float* o = out + n * B * S * 20;  // (B, S, 20)
     for (int s = 0; s < S; ++s)
       for (int c = 0; c < 20; ++c)
-        for (int b = 0; b < B; ++b) o[(b * S + s) * 20 + c] = acc.g[(s * 20 + c) * B + b];
+        for (int b = 0; b < B; ++b) o[(b * S + s) * 20 + c] = acc.g[(s * 20 + c) * Bp + b];
   }
 }
 
