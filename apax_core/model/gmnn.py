@@ -150,20 +150,31 @@ def _moment_sums_bwd(residuals, g):
 def monomials_pullback(radial, unit, g):
     """The moments' VJP from the cotangents of the distinct monomials' pair sums, for any batch
     axes B after the atoms' (e.g. the M members of a shallow ensemble): radial (N, K, S),
-    unit (N, K, 3), g (N, *B, S, 20) -> d_radial (N, K, *B, S), d_unit (N, K, *B, 3). The
-    batch axes are folded into the columns of two per-atom GEMMs (M cotangents cost two GEMMs
-    with M times the columns, not M small ones)."""
+    unit (N, K, 3), g (N, *B, S, 20) -> d_radial (N, K, *B, S), d_unit (N, K, *B, 3). In
+    float32 on a CPU by the compiled kernel (:func:`apax_core.native.monomials_pullback`),
+    else by XLA (:func:`xla_monomials_pullback`)."""
     n, lead, s = g.shape[0], g.shape[1:-2], g.shape[-2]
     b = int(np.prod(lead, dtype=int))
     g = g.reshape(n, b, s, 20)
+    compiled = native.applies(radial.dtype) and s <= 16  # the kernel keeps S channels in registers
+    fn = native.monomials_pullback if compiled else xla_monomials_pullback
+    d_radial, d_unit = fn(radial, unit, g)
+    k = radial.shape[1]
+    return d_radial.reshape(n, k, *lead, s), d_unit.reshape(n, k, *lead, 3)
+
+
+def xla_monomials_pullback(radial, unit, g):
+    """:func:`monomials_pullback` by XLA for one batch axis, g (N, B, S, 20): the batch is
+    folded into the columns of two per-atom GEMMs (M cotangents cost two GEMMs with M times
+    the columns, not M small ones)."""
+    n, b, s = g.shape[:3]
     # d_unit[n, k, x] = sum_{s, j} R[n, k, s] q_j(u_nk) a[n, s, j, x], q the 10 of degree <= 2
     a = jnp.einsum("nbsc,cxj->nbsjx", g, _SLOPES).reshape(n, b, s * 10, 3)
     p = _monomials(unit)
     rq = (radial[..., :, None] * p[..., None, :10]).reshape(n, -1, s * 10)  # (N, K, S * 10)
     d_radial = jnp.einsum("nkc,nbsc->nkbs", p, g)
     d_unit = jnp.einsum("nkj,nbjx->nkbx", rq, a)
-    k = radial.shape[1]
-    return d_radial.reshape(n, k, *lead, s), d_unit.reshape(n, k, *lead, 3)
+    return d_radial, d_unit
 
 
 def _fold(cotangents):

@@ -5,8 +5,9 @@ flops per atom) and their VJPs as dozens of small batched ops whose index shuffl
 dominates; the same arithmetic as one loop over the atoms (``gmnn_contractions.cc``) is
 several times faster: :func:`contractions`, :func:`contractions_vjp` (every float32 GMNN on
 a CPU: MD, predictions, training) and :func:`contractions_vjp_vjp` (training on forces),
-:func:`contractions_pullback` (a shallow ensemble's member forces) and the Bessel basis with
-its slope (:func:`bessel_basis_and_slope`).
+:func:`contractions_pullback` (a shallow ensemble's member forces), the moments' pull-back to
+the pairs (:func:`monomials_pullback`) and the Bessel basis with its slope
+(:func:`bessel_basis_and_slope`).
 
 The source is compiled on first use with the system's C++ compiler against the XLA FFI
 headers that jaxlib ships, into ``$XDG_CACHE_HOME/apax_core/native`` (else
@@ -44,6 +45,7 @@ TARGETS = {
     "apax_contractions_vjp": "ApaxContractionsVjp",
     "apax_contractions_vjp_vjp": "ApaxContractionsVjpVjp",
     "apax_bessel_basis": "ApaxBesselBasis",
+    "apax_monomials_pullback": "ApaxMonomialsPullback",
 }
 """FFI target name -> the handler symbol in the library."""
 FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-pthread")
@@ -271,3 +273,36 @@ def _bessel_jvp(n_basis, r_max, primals, tangents):
         primals,
         tangents,
     )
+
+
+@jax.custom_vjp
+def monomials_pullback(radial, unit, g):
+    """As :func:`apax_core.model.gmnn.xla_monomials_pullback` (radial (N, K, S), unit
+    (N, K, 3), g (N, B, S, 20) -> d_radial (N, K, B, S), d_unit (N, K, B, 3)), by the compiled
+    kernel (float32, a CPU: callers check :func:`applies`), 8 pairs of an atom in the vector
+    lanes. Differentiable through the XLA version."""
+    n, k, s = radial.shape[-3:]
+    b = g.shape[-3]
+    lead = radial.shape[:-3]
+    call = jax.ffi.ffi_call(
+        "apax_monomials_pullback",
+        (
+            jax.ShapeDtypeStruct((*lead, n, k, b, s), jnp.float32),
+            jax.ShapeDtypeStruct((*lead, n, k, b, 3), jnp.float32),
+        ),
+        vmap_method="broadcast_all",
+    )
+    return call(radial, unit, g, n_threads=np.int64(os.cpu_count() or 1))
+
+
+def _monomials_fwd(radial, unit, g):
+    return monomials_pullback(radial, unit, g), (radial, unit, g)
+
+
+def _monomials_bwd(residuals, cotangents):
+    from apax_core.model.gmnn import xla_monomials_pullback
+
+    return jax.vjp(xla_monomials_pullback, *residuals)[1](cotangents)
+
+
+monomials_pullback.defvjp(_monomials_fwd, _monomials_bwd)

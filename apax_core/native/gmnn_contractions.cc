@@ -561,6 +561,117 @@ ffi::Error BesselBasis(ffi::Buffer<ffi::F32> r, ffi::Buffer<ffi::F32> mask,
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------------------------- moments' pull-back
+// gmnn.monomials_pullback: the pair sums' cotangents g (A, B, S, 20) -> d_radial
+// (A, K, B, S) = sum_c p_c g[., ., s, c] and d_unit (A, K, B, 3) = sum_{s, c} R_s g[., ., s, c]
+// d p_c / d u, per pair, p the 20 monomials of its unit vector u (gmnn._MONOMIALS' order:
+// 1, x, y, z, the squares by kSquare, the cubes by kCube). kLanes pairs of one atom fill the
+// lanes; its cotangents are broadcast. XLA ran the same two per-atom GEMMs as a fusion that
+// recomputed the monomials per output.
+
+constexpr int kSquare[2][6] = {{0, 0, 0, 1, 1, 2}, {0, 1, 2, 1, 2, 2}};  // gmnn._SQUARES
+constexpr int kCube[2][10] = {{4, 4, 4, 5, 5, 6, 7, 7, 8, 9},         // gmnn._CUBES
+                              {0, 1, 2, 1, 2, 2, 1, 2, 2, 2}};
+
+inline void monomials(const Vec* u, Vec* p) {
+  p[0] = Vec{} + 1.f;
+  for (int x = 0; x < 3; ++x) p[1 + x] = u[x];
+  for (int i = 0; i < 6; ++i) p[4 + i] = u[kSquare[0][i]] * u[kSquare[1][i]];
+  for (int i = 0; i < 10; ++i) p[10 + i] = p[kCube[0][i]] * u[kCube[1][i]];
+}
+
+// d p_c / d u_x = count * p_j, j of degree one less: the nonzero (c, x, j, count).
+struct Slope {
+  int c, x, j;
+  float count;
+};
+std::vector<Slope> slopes() {
+  std::vector<std::vector<int>> t(20);  // each monomial's sorted index tuple
+  for (int x = 0; x < 3; ++x) t[1 + x] = {x};
+  for (int i = 0; i < 6; ++i) t[4 + i] = {kSquare[0][i], kSquare[1][i]};
+  for (int i = 0; i < 10; ++i) {
+    t[10 + i] = t[kCube[0][i]];
+    t[10 + i].push_back(kCube[1][i]);
+    std::sort(t[10 + i].begin(), t[10 + i].end());
+  }
+  std::vector<Slope> out;
+  for (int c = 1; c < 20; ++c)
+    for (int x = 0; x < 3; ++x) {
+      const auto n = std::count(t[c].begin(), t[c].end(), x);
+      if (n == 0) continue;
+      auto rest = t[c];
+      rest.erase(std::find(rest.begin(), rest.end(), x));
+      const int j = static_cast<int>(std::find(t.begin(), t.end(), rest) - t.begin());
+      out.push_back({c, x, j, static_cast<float>(n)});
+    }
+  return out;
+}
+
+// kLanes floats of row-major (rows, width) data, column `col`, rows [k0, k0 + n), else 0.
+inline Vec column(const float* data, int width, int col, int k0, int n) {
+  Vec v = {};
+  for (int l = 0; l < n; ++l) v[l] = data[(k0 + l) * width + col];
+  return v;
+}
+
+void monomials_atom(const float* radial, const float* unit, const float* g, int K, int B, int S,
+                    const std::vector<Slope>& table, float* a, float* d_radial, float* d_unit) {
+  std::fill(a, a + B * S * 30, 0.f);  // a[b, s, j, x] = sum_c g[b, s, c] d p_c / d u_x |_j
+  for (int bs = 0; bs < B * S; ++bs)
+    for (const auto& e : table) a[(bs * 10 + e.j) * 3 + e.x] += e.count * g[bs * 20 + e.c];
+  for (int k0 = 0; k0 < K; k0 += kLanes) {
+    const int n = std::min(kLanes, K - k0);
+    Vec u[3], p[20], R[16];
+    for (int x = 0; x < 3; ++x) u[x] = column(unit, 3, x, k0, n);
+    for (int s = 0; s < S; ++s) R[s] = column(radial, S, s, k0, n);
+    monomials(u, p);
+    for (int b = 0; b < B; ++b) {
+      Vec du[3] = {};
+      for (int s = 0; s < S; ++s) {
+        const float* gs = g + (b * S + s) * 20;
+        const float* as = a + (b * S + s) * 30;
+        Vec dr = {}, t[3] = {};
+        for (int c = 0; c < 20; ++c) dr += p[c] * gs[c];
+        for (int j = 0; j < 10; ++j)
+          for (int x = 0; x < 3; ++x) t[x] += p[j] * as[j * 3 + x];
+        for (int x = 0; x < 3; ++x) du[x] += R[s] * t[x];
+        for (int l = 0; l < n; ++l) d_radial[((k0 + l) * B + b) * S + s] = dr[l];
+      }
+      for (int l = 0; l < n; ++l)
+        for (int x = 0; x < 3; ++x) d_unit[((k0 + l) * B + b) * 3 + x] = du[x][l];
+    }
+  }
+}
+
+ffi::Error MonomialsPullback(ffi::Buffer<ffi::F32> radial, ffi::Buffer<ffi::F32> unit,
+                             ffi::Buffer<ffi::F32> g, ffi::ResultBuffer<ffi::F32> d_radial,
+                             ffi::ResultBuffer<ffi::F32> d_unit, int64_t n_threads) {
+  const auto rd = radial.dimensions();
+  const auto gd = g.dimensions();
+  if (rd.size() < 3 || gd.size() < 4 || gd.back() != 20 || gd[gd.size() - 2] != rd.back() ||
+      rd.back() > 16 || leading(gd, 3) != leading(rd, 2) || unit.dimensions().back() != 3 ||
+      leading(unit.dimensions(), 1) != leading(rd, 1))
+    return ffi::Error::InvalidArgument(
+        "monomials_pullback: radial (..., N, K, S <= 16), unit (..., N, K, 3), "
+        "g (..., N, B, S, 20)");
+  const int64_t A = leading(rd, 2);
+  const int K = static_cast<int>(rd[rd.size() - 2]), S = static_cast<int>(rd.back());
+  const int B = static_cast<int>(gd[gd.size() - 3]);
+  const float* rp = radial.typed_data();
+  const float* up = unit.typed_data();
+  const float* gp = g.typed_data();
+  float* drp = d_radial->typed_data();
+  float* dup = d_unit->typed_data();
+  static const std::vector<Slope> table = slopes();
+  parallel(A, n_threads, 16, [=](int64_t lo, int64_t hi) {
+    std::vector<float> a(static_cast<size_t>(B) * S * 30);
+    for (int64_t n = lo; n < hi; ++n)
+      monomials_atom(rp + n * K * S, up + n * K * 3, gp + n * B * S * 20, K, B, S, table,
+                     a.data(), drp + n * K * B * S, dup + n * K * B * 3);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 // (moments, cotangents) -> result, with the group count and the threads as attributes.
@@ -601,4 +712,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxBesselBasis, BesselBasis,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("n_basis")
                                   .Attr<double>("r_max")
+                                  .Attr<int64_t>("n_threads"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxMonomialsPullback, MonomialsPullback,
+                              ffi::Ffi::Bind()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("n_threads"));
