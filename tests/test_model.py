@@ -178,6 +178,21 @@ def test_descriptor_size(n_radial, n_contr, size):
     assert descriptor_size(n_radial, n_contr) == size
 
 
+def _plain_moments(radial, unit):
+    """The Cartesian moments as plain sums over the pairs of the full tensors (the reference
+    of the moments' hand-written and compiled VJPs)."""
+    import jax.numpy as jnp
+
+    u2 = unit[..., :, None] * unit[..., None, :]
+    u3 = u2[..., None] * unit[..., None, None, :]
+    return (
+        radial.sum(1),
+        jnp.einsum("nks,nkx->nsx", radial, unit),
+        jnp.einsum("nks,nkxy->nsxy", radial, u2),
+        jnp.einsum("nks,nkxyz->nsxyz", radial, u3),
+    )
+
+
 def test_moments_vjp_equals_autodiff_of_the_plain_sums():
     """The hand-written moment VJP against JAX's own derivative of the plain sums: member VJPs
     (vmapped cotangents, as for shallow-ensemble forces) and their gradient (as in training)."""
@@ -187,21 +202,11 @@ def test_moments_vjp_equals_autodiff_of_the_plain_sums():
     from apax_core.model.gmnn import moments
     from apax_core.precision import x64
 
-    def plain(radial, unit):
-        u2 = unit[..., :, None] * unit[..., None, :]
-        u3 = u2[..., None] * unit[..., None, None, :]
-        return (
-            radial.sum(1),
-            jnp.einsum("nks,nkx->nsx", radial, unit),
-            jnp.einsum("nks,nkxy->nsxy", radial, u2),
-            jnp.einsum("nks,nkxyz->nsxyz", radial, u3),
-        )
-
     with x64():
         k = jax.random.split(jax.random.PRNGKey(3), 3)
         radial = jax.random.normal(k[0], (6, 5, 3), jnp.float64)
         unit = jax.random.normal(k[1], (6, 5, 3), jnp.float64)
-        shapes = [m.shape for m in plain(radial, unit)]
+        shapes = [m.shape for m in _plain_moments(radial, unit)]
         cts = tuple(
             jax.random.normal(kk, (4, *s), jnp.float64)
             for kk, s in zip(jax.random.split(k[2], 4), shapes, strict=True)
@@ -213,14 +218,18 @@ def test_moments_vjp_equals_autodiff_of_the_plain_sums():
         def loss(fn, radial, unit):
             return sum(jnp.sum(jnp.sin(g)) for g in member_vjps(fn, radial, unit))
 
-        for a, b in zip(moments(radial, unit), plain(radial, unit), strict=True):
+        for a, b in zip(moments(radial, unit), _plain_moments(radial, unit), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
         for a, b in zip(
-            member_vjps(moments, radial, unit), member_vjps(plain, radial, unit), strict=True
+            member_vjps(moments, radial, unit),
+            member_vjps(_plain_moments, radial, unit),
+            strict=True,
         ):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
         grads = jax.grad(loss, argnums=(1, 2))
-        for a, b in zip(grads(moments, radial, unit), grads(plain, radial, unit), strict=True):
+        for a, b in zip(
+            grads(moments, radial, unit), grads(_plain_moments, radial, unit), strict=True
+        ):
             np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
@@ -239,22 +248,12 @@ def test_compiled_moments_pullback_equals_the_plain_sums_derivative():
 
     assert native.applies(jnp.float32)
 
-    def plain(radial, unit):
-        u2 = unit[..., :, None] * unit[..., None, :]
-        u3 = u2[..., None] * unit[..., None, None, :]
-        return (
-            radial.sum(1),
-            jnp.einsum("nks,nkx->nsx", radial, unit),
-            jnp.einsum("nks,nkxy->nsxy", radial, u2),
-            jnp.einsum("nks,nkxyz->nsxyz", radial, u3),
-        )
-
     with x64():
         k = jax.random.split(jax.random.PRNGKey(4), 3)
         radial = jax.random.normal(k[0], (2, 6, 13, 5), jnp.float32)
         unit = jax.random.normal(k[1], (2, 6, 13, 3), jnp.float32)
         unit = unit / jnp.linalg.norm(unit, axis=-1, keepdims=True)
-        shapes = [m.shape for m in plain(radial[0], unit[0])]
+        shapes = [m.shape for m in _plain_moments(radial[0], unit[0])]
         cts = tuple(
             jax.random.normal(kk, (2, 3, *s), jnp.float32)
             for kk, s in zip(jax.random.split(k[2], 4), shapes, strict=True)
@@ -274,8 +273,9 @@ def test_compiled_moments_pullback_equals_the_plain_sums_derivative():
         )
         assert "apax_monomials_pullback" in hlo.as_text()
         as64 = jax.tree.map(lambda x: np.asarray(x, np.float64), (radial, unit, cts))
-        want = per_structure(member_vjps, plain, *as64)
-        want_grad = jax.vmap(jax.grad(functools.partial(loss, plain), argnums=(0, 1)))(*as64)
+        want = per_structure(member_vjps, _plain_moments, *as64)
+        plain_grad = jax.grad(functools.partial(loss, _plain_moments), argnums=(0, 1))
+        want_grad = jax.vmap(plain_grad)(*as64)
         got = per_structure(member_vjps, moments, radial, unit, cts)
         got_grad = jax.vmap(jax.grad(functools.partial(loss, moments), argnums=(0, 1)))(
             radial, unit, cts

@@ -694,15 +694,17 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractions, Forward,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsVjp, Vjp, APAX_TWO_INPUTS);
 
+// Three inputs, two results (the attributes follow).
+#define APAX_THREE_TO_TWO               \
+  ffi::Ffi::Bind()                      \
+      .Arg<ffi::Buffer<ffi::F32>>()     \
+      .Arg<ffi::Buffer<ffi::F32>>()     \
+      .Arg<ffi::Buffer<ffi::F32>>()     \
+      .Ret<ffi::Buffer<ffi::F32>>()     \
+      .Ret<ffi::Buffer<ffi::F32>>()
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxContractionsVjpVjp, SecondOrder,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("n_contr")
-                                  .Attr<int64_t>("n_threads"));
+                              APAX_THREE_TO_TWO.Attr<int64_t>("n_contr").Attr<int64_t>("n_threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxBesselBasis, BesselBasis,
                               ffi::Ffi::Bind()
@@ -715,10 +717,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxBesselBasis, BesselBasis,
                                   .Attr<int64_t>("n_threads"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ApaxMonomialsPullback, MonomialsPullback,
-                              ffi::Ffi::Bind()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("n_threads"));
+                              APAX_THREE_TO_TWO.Attr<int64_t>("n_threads"));
